@@ -1,0 +1,1 @@
+//! Client-side plumbing shared by the HPCS prep tools.

@@ -1,0 +1,1 @@
+//! Dev-only: locates the local test stack for integration tests.
