@@ -551,6 +551,22 @@ impl Engine for DockerEngine {
     }
 
     async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
+        // Loads never tag (see the image module); a tag means the same image also belongs to
+        // somebody else (e.g. an admin's identical image), and removing by id would delete it.
+        match self.control.inspect_image(id).await {
+            Ok(img) if img.repo_tags.as_ref().is_some_and(|t| !t.is_empty()) => {
+                tracing::info!(image = id, "image is tagged by someone else; left in place");
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if is_status(&e, &[404]) => return Ok(()),
+            Err(source) => {
+                return Err(EngineError::RemoveImage {
+                    id: id.to_owned(),
+                    source,
+                });
+            }
+        }
         let opts = RemoveImageOptions {
             force: false,
             noprune: false,
