@@ -352,6 +352,46 @@ def compose_policy(doc: dict[str, Any], name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Shell scripts shipped for deployment
+
+
+def shell_scripts(repo: Path) -> list[Path]:
+    found = [repo / "scripts/check-deploy"]
+    for top in ("compose", "deploy"):
+        for p in sorted((repo / top).rglob("*")):
+            if not p.is_file() or "/state/" in str(p):
+                continue
+            if p.suffix == ".sh":
+                found.append(p)
+            elif p.suffix == "" and os.access(p, os.X_OK):
+                with p.open("rb") as f:
+                    first = f.readline(200)
+                if first.startswith(b"#!") and (b"sh" in first.split(b"/")[-1]):
+                    found.append(p)
+    return found
+
+
+def check_shell(report: Report, repo: Path) -> None:
+    scripts = shell_scripts(repo)
+    shellcheck = shutil.which("shellcheck")
+    name = f"shellcheck -S warning ({len(scripts)} scripts)"
+    if not shellcheck:
+        report.skip(name, "shellcheck is not installed (Debian package shellcheck)")
+        return
+
+    def run() -> None:
+        out = subprocess.run(
+            [shellcheck, "-S", "warning", "-x"] + [str(p) for p in scripts],
+            capture_output=True,
+            text=True,
+            cwd=repo,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    report.check(name, run)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -398,6 +438,7 @@ def main() -> int:
             report.check(f"SPIRE configs agree ({label})", lambda: check_spire_consistency(cfgs))
 
     check_compose(report, repo, args.compose, args.compose_note)
+    check_shell(report, repo)
 
     skipped = f", {report.skipped} skipped" if report.skipped else ""
     print(f"{report.passed} passed, {report.failed} failed{skipped}")
