@@ -7,10 +7,15 @@
 //! - [`images`]: `hpcs-node images`, the authorised images of a node.
 //! - [`image`]: the plaintext image path from the decryptor to the engine: tag stripping,
 //!   archive checks, a bounded channel.
+//! - [`job`]: who the caller is and which Slurm job it runs in, from unforgeable sources.
+//! - [`session`]: one job's privileged side (policy, scratch, image, containers, cleanup),
+//!   run by the daemon per connection or in-process in direct mode.
 //! - [`cli`]: command-line interface of `hpcs-node`.
 
 pub mod cli;
 pub mod container;
 pub mod image;
 pub mod images;
+pub mod job;
 pub mod policy;
+pub mod session;

@@ -75,7 +75,10 @@ async fn container_runs_confined_as_the_user() {
     let code = engine.run_attached(&cid, &mut out).await.expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(code, 3, "{stdout}");
-    assert!(stdout.contains("uid=2001 gid=2001 groups=2001 3000 3001"), "{stdout}");
+    assert!(
+        stdout.contains("uid=2001 gid=2001 groups=2001 3000 3001"),
+        "{stdout}"
+    );
     assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
     assert!(stdout.contains("CapPrm:\t0000000000000000"), "{stdout}");
     assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
