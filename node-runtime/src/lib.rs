@@ -8,6 +8,7 @@
 //! - [`image`]: the plaintext image path from the decryptor to the engine: tag stripping,
 //!   archive checks, a bounded channel.
 //! - [`job`]: who the caller is and which Slurm job it runs in, from unforgeable sources.
+//! - [`keys`]: attest with the SPIRE agent and fetch one artefact key from Vault.
 //! - [`session`]: one job's privileged side (policy, scratch, image, containers, cleanup),
 //!   run by the daemon per connection or in-process in direct mode.
 //! - [`cli`]: command-line interface of `hpcs-node`.
@@ -17,5 +18,6 @@ pub mod container;
 pub mod image;
 pub mod images;
 pub mod job;
+pub mod keys;
 pub mod policy;
 pub mod session;
