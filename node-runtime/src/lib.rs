@@ -1,5 +1,6 @@
 //! HPCS compute-node runtime: attest, fetch keys, decrypt, run as the user, encrypt output, wipe.
 //!
+//! - [`artefact`]: verified streaming decryption, safe unpacking of data, sealing the output.
 //! - [`policy`]: the admin policy (layered INI): authorised images per node, mounts, network,
 //!   extra arguments, GPUs.
 //! - [`container`]: a small trait over the container engine and its bollard implementation;
@@ -13,6 +14,7 @@
 //!   run by the daemon per connection or in-process in direct mode.
 //! - [`cli`]: command-line interface of `hpcs-node`.
 
+pub mod artefact;
 pub mod cli;
 pub mod container;
 pub mod image;
