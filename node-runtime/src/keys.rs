@@ -273,9 +273,8 @@ fn parse_record(
     if !identity.starts_with("AGE-SECRET-KEY-1") {
         return Err(bad("the identity is not an age X25519 identity".into()));
     }
-    let sha = match take(&fields::SHA256) {
-        Some(serde_json::Value::String(s)) => s,
-        _ => return Err(bad("no ciphertext sha256".into())),
+    let Some(serde_json::Value::String(sha)) = take(&fields::SHA256) else {
+        return Err(bad("no ciphertext sha256".into()));
     };
     let sha = sha.strip_prefix("sha256:").unwrap_or(&sha);
     let mut sha256 = [0u8; 32];
@@ -305,7 +304,10 @@ mod tests {
     use rstest::rstest;
 
     fn rec(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-        v.as_object().expect("object").clone()
+        match v {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]

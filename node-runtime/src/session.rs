@@ -465,19 +465,19 @@ impl<E: Engine> Session<E> {
                 self.containers.push(id);
             }
         }
-        if let Some(id) = self.image.take() {
-            if let Err(e) = self.engine.remove_image(&id).await {
-                errors.push(format!("{e}: {}", error_chain(&e)));
-                self.image = Some(id);
-            }
+        if let Some(id) = self.image.take()
+            && let Err(e) = self.engine.remove_image(&id).await
+        {
+            errors.push(format!("{e}: {}", error_chain(&e)));
+            self.image = Some(id);
         }
-        if self.scratch.root.exists() {
-            if let Err(e) = remove_scratch(&self.scratch.root) {
-                errors.push(format!(
-                    "failed to remove {}: {e}",
-                    self.scratch.root.display()
-                ));
-            }
+        if self.scratch.root.exists()
+            && let Err(e) = remove_scratch(&self.scratch.root)
+        {
+            errors.push(format!(
+                "failed to remove {}: {e}",
+                self.scratch.root.display()
+            ));
         }
         self.closed = errors.is_empty();
         if errors.is_empty() {
