@@ -90,6 +90,9 @@ pub enum EngineError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// The container's output could not be delivered; the container was killed.
+    #[error("failed to forward container output")]
+    ForwardOutput(#[source] std::io::Error),
     /// A container specification was refused before reaching the engine.
     #[error("invalid container specification: {0}")]
     InvalidSpec(String),
@@ -488,7 +491,6 @@ impl Engine for DockerEngine {
             .await
             .map_err(err("start"))?;
         let mut output = attached.output;
-        let mut sink_ok = true;
         while let Some(chunk) = output.next().await {
             let Ok(chunk) = chunk else { break };
             let (kind, data) = match chunk {
@@ -499,9 +501,10 @@ impl Engine for DockerEngine {
                 bollard::container::LogOutput::StdErr { message } => (OutputKind::Stderr, message),
                 bollard::container::LogOutput::StdIn { .. } => continue,
             };
-            if sink_ok && let Err(e) = sink.write(kind, &data) {
-                tracing::warn!(error = %e, "container output could not be forwarded");
-                sink_ok = false;
+            if let Err(e) = sink.write(kind, &data) {
+                // Output that cannot be delivered stops the job rather than piling up.
+                let _ = self.kill(id).await;
+                return Err(EngineError::ForwardOutput(e));
             }
         }
         match wait.next().await {

@@ -12,6 +12,7 @@
 //! - [`keys`]: attest with the SPIRE agent and fetch one artefact key from Vault.
 //! - [`session`]: one job's privileged side (policy, scratch, image, containers, cleanup),
 //!   run by the daemon per connection or in-process in direct mode.
+//! - [`run`]: `hpcs-node run`, the job from info files to sealed output, cleanup on every path.
 //! - [`cli`]: command-line interface of `hpcs-node`.
 
 pub mod artefact;
@@ -22,4 +23,5 @@ pub mod images;
 pub mod job;
 pub mod keys;
 pub mod policy;
+pub mod run;
 pub mod session;

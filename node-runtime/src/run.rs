@@ -1,0 +1,793 @@
+//! `hpcs-node run`: one confidential job, end to end, cleaned up on every path.
+//!
+//! Order, and what stops it:
+//!
+//! 1. Read the info files (untrusted: they only name secrets and files).
+//! 2. Open a session: the policy decides on image, network, mounts, extra arguments and GPUs
+//!    **before any key is fetched**; a denial names the rule.
+//! 3. Fetch each artefact's key (attested); the record's digest and size are the truth, and an
+//!    info file that disagrees with its record is refused as swapped.
+//! 4. Decrypt the data into the job's private tmpfs directory (verified, safely unpacked) and
+//!    stream the image into the engine (verified, tags stripped); nothing runs unless every
+//!    ciphertext matched its record.
+//! 5. Input hooks, each in the same confinement, with a timeout; any failure: no application.
+//! 6. The application, output streamed live.
+//! 7. Output hooks; any failure: no output released.
+//! 8. The output directory packed, encrypted to the user's recipient, renamed into
+//!    `<workdir>/output/<job>.tar.age`.
+//! 9. Cleanup, always: containers, image, scratch. A run error and a cleanup error are reported
+//!    together. SIGTERM/SIGINT (scancel) cancel the job and still clean up.
+//!
+//! The privileged side is an [`Executor`]: either an in-process [`Session`] over a (rootless)
+//! engine socket ([`LocalExecutor`]) or the root daemon ([`crate::broker::BrokerClient`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use hpcs_core::ids::{RoleName, SecretId, SecretReaderId, TrustDomain};
+use tokio_util::sync::CancellationToken;
+
+use crate::artefact::{ArtefactError, Expected};
+use crate::container::{DockerEngine, ImageStream, OutputSink, StdioSink};
+use crate::job::Caller;
+use crate::keys::{ArtefactKey, KeyError, KeySource};
+use crate::session::{
+    HookPhase, OpenRequest, RunWhat, ScratchPaths, Session, SessionConfig, SessionError,
+};
+
+/// Largest info file read.
+pub const MAX_INFO_BYTES: u64 = 64 * 1024;
+/// Largest env file read.
+pub const MAX_ENV_FILE_BYTES: u64 = 256 * 1024;
+/// Exit code after SIGTERM/SIGINT (128 + SIGTERM).
+pub const EXIT_CANCELLED: u8 = 143;
+
+/// Errors of a job run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// An info file is unreadable or malformed.
+    #[error("invalid info file {path}: {message}")]
+    Info {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The env file is unreadable or malformed.
+    #[error("invalid env file {path}: {message}")]
+    EnvFile {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The privileged side refused or failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A key could not be fetched.
+    #[error("failed to fetch the key of {artefact}")]
+    Key {
+        /// Info file.
+        artefact: String,
+        /// Cause.
+        #[source]
+        source: KeyError,
+    },
+    /// The info file and the Vault record disagree.
+    #[error(
+        "info file {path} does not match its key record ({what}); refusing a swapped or tampered artefact"
+    )]
+    Swapped {
+        /// Path.
+        path: PathBuf,
+        /// What differs.
+        what: &'static str,
+    },
+    /// Decrypting or unpacking failed.
+    #[error("failed to decrypt {artefact}")]
+    Decrypt {
+        /// Info file.
+        artefact: String,
+        /// Cause.
+        #[source]
+        source: ArtefactError,
+    },
+    /// Hooks could not be staged.
+    #[error("failed to stage hooks from {dir}")]
+    StageHooks {
+        /// The directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A hook failed.
+    #[error("{phase} hook {name} exited with {code}; {consequence}")]
+    HookFailed {
+        /// Phase.
+        phase: &'static str,
+        /// Hook.
+        name: String,
+        /// Exit code.
+        code: i64,
+        /// What was prevented.
+        consequence: &'static str,
+    },
+    /// Sealing the output failed.
+    #[error("failed to seal the output")]
+    Seal(#[source] ArtefactError),
+    /// A blocking task died.
+    #[error("internal task failed")]
+    Join(#[source] tokio::task::JoinError),
+    /// SIGTERM or SIGINT.
+    #[error("cancelled by signal")]
+    Cancelled,
+    /// The run failed and so did cleanup.
+    #[error("{run}; cleanup also failed: {cleanup}")]
+    WithCleanup {
+        /// The run error.
+        run: Box<RunError>,
+        /// The cleanup error.
+        cleanup: ExecError,
+    },
+    /// Only cleanup failed.
+    #[error("cleanup failed")]
+    Cleanup(#[source] ExecError),
+}
+
+/// Errors of the privileged side, whichever it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The in-process session failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The engine could not be reached.
+    #[error(transparent)]
+    Engine(#[from] crate::container::EngineError),
+    /// The daemon refused or failed.
+    #[error("{message}")]
+    Broker {
+        /// Stable kind.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
+    /// The daemon connection failed.
+    #[error("connection to the hpcs-node daemon at {socket} failed")]
+    BrokerIo {
+        /// Socket.
+        socket: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Used out of order.
+    #[error("{0}")]
+    State(&'static str),
+}
+
+impl ExecError {
+    /// Whether this is a policy denial.
+    #[must_use]
+    pub fn is_denied(&self) -> bool {
+        match self {
+            Self::Session(e) => e.kind() == "denied",
+            Self::Broker { kind, .. } => kind == "denied",
+            _ => false,
+        }
+    }
+}
+
+/// The privileged side of a job run.
+pub trait Executor: Send {
+    /// Policy decision and scratch creation.
+    fn open(
+        &mut self,
+        req: &OpenRequest,
+    ) -> impl Future<Output = Result<ScratchPaths, ExecError>> + Send;
+    /// Load the image from a plaintext stream; returns its id.
+    fn load_image(
+        &mut self,
+        plaintext: ImageStream,
+    ) -> impl Future<Output = Result<String, ExecError>> + Send;
+    /// Run the app or a hook; returns the exit code.
+    fn run(
+        &mut self,
+        what: &RunWhat,
+        sink: &mut (dyn OutputSink + '_),
+    ) -> impl Future<Output = Result<i64, ExecError>> + Send;
+    /// Remove everything; safe to call after a cancelled operation.
+    fn close(&mut self) -> impl Future<Output = Result<(), ExecError>> + Send;
+}
+
+/// Direct mode: a [`Session`] in this process, for an engine the user may use (rootless Podman).
+#[derive(Debug)]
+pub struct LocalExecutor {
+    engine: Arc<DockerEngine>,
+    config: SessionConfig,
+    caller: Caller,
+    session: Option<Session<DockerEngine>>,
+}
+
+impl LocalExecutor {
+    /// A new executor for `caller`.
+    #[must_use]
+    pub fn new(engine: Arc<DockerEngine>, config: SessionConfig, caller: Caller) -> Self {
+        Self {
+            engine,
+            config,
+            caller,
+            session: None,
+        }
+    }
+
+    fn session(&mut self) -> Result<&mut Session<DockerEngine>, ExecError> {
+        self.session
+            .as_mut()
+            .ok_or(ExecError::State("session not open"))
+    }
+}
+
+impl Executor for LocalExecutor {
+    async fn open(&mut self, req: &OpenRequest) -> Result<ScratchPaths, ExecError> {
+        let s = Session::open(
+            self.engine.clone(),
+            self.config.clone(),
+            self.caller.clone(),
+            req,
+        )?;
+        let paths = s.scratch().clone();
+        self.session = Some(s);
+        Ok(paths)
+    }
+    async fn load_image(&mut self, plaintext: ImageStream) -> Result<String, ExecError> {
+        Ok(self.session()?.load_image(plaintext).await?)
+    }
+    async fn run(
+        &mut self,
+        what: &RunWhat,
+        sink: &mut (dyn OutputSink + '_),
+    ) -> Result<i64, ExecError> {
+        Ok(self.session()?.run(what, sink).await?)
+    }
+    async fn close(&mut self) -> Result<(), ExecError> {
+        match self.session.as_mut() {
+            Some(s) => Ok(s.close().await?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the info file says (untrusted).
+#[derive(Debug, Clone)]
+pub struct ArtefactRef {
+    /// The info file.
+    pub info_path: PathBuf,
+    /// `image` or `data`.
+    pub kind: String,
+    /// Image name (for images).
+    pub name: String,
+    /// Ciphertext path.
+    pub path_at_rest: PathBuf,
+    /// The secret.
+    pub secret: SecretId,
+    /// The reader SPIFFE ID.
+    pub reader: SecretReaderId,
+    /// Vault jwt role.
+    pub role: RoleName,
+    /// KV path inside the mount.
+    pub kv_path: String,
+    /// sha256 the info file claims, if any (compared with the record, never trusted).
+    pub claimed_sha256: Option<[u8; 32]>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RawInfo {
+    kind: Option<String>,
+    name: Option<String>,
+    image: Option<String>,
+    path_at_rest: Option<String>,
+    secret_id: Option<String>,
+    secret_path: Option<String>,
+    access_role: Option<String>,
+    #[serde(rename = "spiffeID", alias = "spiffe_id")]
+    spiffe_id: Option<String>,
+    sha256: Option<String>,
+    checksum: Option<String>,
+}
+
+/// Read and validate an info file. Everything in it is untrusted; it only says what to ask for.
+///
+/// # Errors
+///
+/// [`RunError::Info`] naming the field.
+pub fn read_info(path: &Path, trust_domain: &TrustDomain) -> Result<ArtefactRef, RunError> {
+    use std::io::Read as _;
+    let bad = |message: String| RunError::Info {
+        path: path.to_owned(),
+        message,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_INFO_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() as u64 > MAX_INFO_BYTES {
+        return Err(bad("too large".into()));
+    }
+    let raw: RawInfo = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let reader: SecretReaderId = raw
+        .spiffe_id
+        .as_deref()
+        .ok_or_else(|| bad("spiffeID missing".into()))?
+        .parse::<hpcs_core::ids::SpiffeId>()
+        .map_err(|e| bad(format!("spiffeID: {e}")))
+        .and_then(|id| SecretReaderId::try_from(id).map_err(|e| bad(format!("spiffeID: {e}"))))?;
+    if reader.trust_domain() != trust_domain {
+        return Err(bad(format!(
+            "spiffeID is not in trust domain {trust_domain}"
+        )));
+    }
+    let secret = reader.secret_id().clone();
+    if let Some(s) = &raw.secret_id
+        && s != secret.as_str()
+    {
+        return Err(bad("secret_id does not match spiffeID".into()));
+    }
+    // The KV path is the secret id; a `secret_path` may carry a mount prefix, nothing else.
+    let kv_path = secret.to_string();
+    if let Some(p) = &raw.secret_path
+        && p.rsplit('/').next() != Some(secret.as_str())
+    {
+        return Err(bad(
+            "secret_path does not name the secret in spiffeID".into()
+        ));
+    }
+    let role: RoleName = raw
+        .access_role
+        .as_deref()
+        .ok_or_else(|| bad("access_role missing".into()))?
+        .parse()
+        .map_err(|e| bad(format!("access_role: {e}")))?;
+    let path_at_rest = PathBuf::from(
+        raw.path_at_rest
+            .ok_or_else(|| bad("path_at_rest missing".into()))?,
+    );
+    let path_at_rest = if path_at_rest.is_absolute() {
+        path_at_rest
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join(path_at_rest)
+    };
+    let claimed_sha256 = match raw.sha256.or(raw.checksum) {
+        Some(s) => {
+            let s = s.strip_prefix("sha256:").unwrap_or(&s).to_owned();
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(&s, &mut out)
+                .map_err(|_| bad("sha256 is not 64 hex digits".into()))?;
+            Some(out)
+        }
+        None => None,
+    };
+    let kind = raw.kind.unwrap_or_default();
+    let name = raw.image.or(raw.name).unwrap_or_default();
+    Ok(ArtefactRef {
+        info_path: path.to_owned(),
+        kind,
+        name,
+        path_at_rest,
+        secret,
+        reader,
+        role,
+        kv_path,
+        claimed_sha256,
+    })
+}
+
+/// Parse an env file: `NAME=value` lines, `#` comments, blank lines.
+///
+/// # Errors
+///
+/// [`RunError::EnvFile`] naming the line.
+pub fn read_env_file(path: &Path) -> Result<Vec<String>, RunError> {
+    use std::io::Read as _;
+    let bad = |message: String| RunError::EnvFile {
+        path: path.to_owned(),
+        message,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_ENV_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() as u64 > MAX_ENV_FILE_BYTES {
+        return Err(bad("too large".into()));
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(bad(format!("line {}: expected NAME=value", i + 1)));
+        };
+        if k.is_empty()
+            || k.starts_with(|c: char| c.is_ascii_digit())
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(bad(format!("line {}: invalid variable name {k:?}", i + 1)));
+        }
+        out.push(format!("{k}={v}"));
+    }
+    Ok(out)
+}
+
+/// The `SLURM_*` variables of this process, passed into the container.
+#[must_use]
+pub fn slurm_env() -> Vec<String> {
+    let mut v: Vec<String> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("SLURM_") && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .filter(|(_, v)| !v.contains('\0'))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A validated job.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    /// Application (image) info file.
+    pub app_info: PathBuf,
+    /// Data info files.
+    pub data_infos: Vec<PathBuf>,
+    /// Job working directory (shared storage).
+    pub workdir: PathBuf,
+    /// Input hooks directory.
+    pub input_hooks: Option<PathBuf>,
+    /// Output hooks directory.
+    pub output_hooks: Option<PathBuf>,
+    /// Recipient of the output.
+    pub recipient: hpcs_core::secret::AgeRecipient,
+    /// Container environment (`SLURM_*` and the env file).
+    pub env: Vec<String>,
+    /// Application arguments.
+    pub args: Vec<String>,
+    /// Container settings asked for.
+    pub request: crate::policy::Request,
+    /// Job id used for the output file name.
+    pub job_id: String,
+    /// Trust domain of the reader IDs.
+    pub trust_domain: TrustDomain,
+}
+
+/// The outcome of a run that got as far as the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The application's exit code.
+    pub app_exit: i64,
+    /// Where the sealed output went.
+    pub output: PathBuf,
+}
+
+/// Run a job: see the module docs. Cleanup runs on every path, including cancellation.
+///
+/// # Errors
+///
+/// [`RunError`]; when cleanup fails too, [`RunError::WithCleanup`] carries both.
+pub async fn run_job<X: Executor>(
+    exec: &mut X,
+    plan: &JobPlan,
+    keys: &KeySource,
+    cancel: CancellationToken,
+) -> Result<Outcome, RunError> {
+    let result = tokio::select! {
+        r = steps(exec, plan, keys) => r,
+        () = cancel.cancelled() => Err(RunError::Cancelled),
+    };
+    // The steps future is gone; whatever it left running is removed now.
+    let cleanup = exec.close().await;
+    match (result, cleanup) {
+        (Ok(o), Ok(())) => Ok(o),
+        (Ok(_), Err(c)) => Err(RunError::Cleanup(c)),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(RunError::WithCleanup {
+            run: Box::new(e),
+            cleanup: c,
+        }),
+    }
+}
+
+async fn steps<X: Executor>(
+    exec: &mut X,
+    plan: &JobPlan,
+    keys: &KeySource,
+) -> Result<Outcome, RunError> {
+    let app = read_info(&plan.app_info, &plan.trust_domain)?;
+    if !app.kind.is_empty() && app.kind != "image" {
+        return Err(RunError::Info {
+            path: app.info_path,
+            message: format!("kind is {:?}, not image", app.kind),
+        });
+    }
+    let data = plan
+        .data_infos
+        .iter()
+        .map(|p| {
+            let d = read_info(p, &plan.trust_domain)?;
+            if !d.kind.is_empty() && d.kind != "data" {
+                return Err(RunError::Info {
+                    path: p.clone(),
+                    message: format!("kind is {:?}, not data", d.kind),
+                });
+            }
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Policy first: nothing is fetched for a request the node would refuse.
+    let open = OpenRequest {
+        image: app.name.clone(),
+        image_digest: None,
+        request: plan.request.clone(),
+        env: plan.env.clone(),
+    };
+    let scratch = exec.open(&open).await?;
+    tracing::info!(scratch = %scratch.root.display(), "session open");
+
+    let app_key = fetch_key(keys, &app, "image").await?;
+    let mut data_keys = Vec::new();
+    for d in &data {
+        data_keys.push(fetch_key(keys, d, "data").await?);
+    }
+
+    for (d, key) in data.iter().zip(data_keys) {
+        let path = d.path_at_rest.clone();
+        let dest = scratch.data.clone();
+        let expected = Expected {
+            sha256: key.sha256,
+            size: key.size,
+        };
+        let label = d.info_path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let reader = crate::artefact::open_verified(&path, &key.identity, expected)?;
+            crate::artefact::unpack_data(reader, &dest)
+        })
+        .await
+        .map_err(RunError::Join)?
+        .map_err(|source| RunError::Decrypt {
+            artefact: label,
+            source,
+        })?;
+    }
+
+    let (mut writer, stream) = crate::image::channel();
+    let path = app.path_at_rest.clone();
+    let expected = Expected {
+        sha256: app_key.sha256,
+        size: app_key.size,
+    };
+    let producer = tokio::task::spawn_blocking(move || {
+        let result =
+            crate::artefact::open_verified(&path, &app_key.identity, expected).and_then(|mut r| {
+                std::io::copy(&mut r, &mut writer)
+                    .and_then(|_| std::io::Write::flush(&mut writer))
+                    .map_err(|source| ArtefactError::Io {
+                        op: "decrypt",
+                        path: path.clone(),
+                        source,
+                    })
+            });
+        if let Err(e) = &result {
+            writer.fail(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.to_string(),
+            ));
+        }
+        result
+    });
+    let loaded = exec.load_image(stream).await;
+    let produced = producer.await.map_err(RunError::Join)?;
+    if let Err(source) = produced {
+        return Err(RunError::Decrypt {
+            artefact: app.info_path.display().to_string(),
+            source,
+        });
+    }
+    let image = loaded?;
+    tracing::info!(%image, "image loaded and authorised");
+
+    let input_hooks = stage_hooks(plan.input_hooks.as_deref(), &scratch.hooks.join("input"))?;
+    let output_hooks = stage_hooks(plan.output_hooks.as_deref(), &scratch.hooks.join("output"))?;
+    let mut sink = StdioSink;
+    for name in input_hooks {
+        let code = exec
+            .run(
+                &RunWhat::Hook {
+                    phase: HookPhase::Input,
+                    name: name.clone(),
+                },
+                &mut sink,
+            )
+            .await?;
+        if code != 0 {
+            return Err(RunError::HookFailed {
+                phase: "input",
+                name,
+                code,
+                consequence: "the application was not run",
+            });
+        }
+    }
+    let app_exit = exec
+        .run(
+            &RunWhat::App {
+                args: plan.args.clone(),
+            },
+            &mut sink,
+        )
+        .await?;
+    tracing::info!(app_exit, "application finished");
+    for name in output_hooks {
+        let code = exec
+            .run(
+                &RunWhat::Hook {
+                    phase: HookPhase::Output,
+                    name: name.clone(),
+                },
+                &mut sink,
+            )
+            .await?;
+        if code != 0 {
+            return Err(RunError::HookFailed {
+                phase: "output",
+                name,
+                code,
+                consequence: "no output was released",
+            });
+        }
+    }
+    let src = scratch.output.clone();
+    let recipient = plan.recipient.to_string();
+    let out_dir = plan.workdir.join("output");
+    let name = format!("{}.tar.age", plan.job_id);
+    let output = tokio::task::spawn_blocking(move || {
+        crate::artefact::seal_output(&src, &recipient, &out_dir, &name)
+    })
+    .await
+    .map_err(RunError::Join)?
+    .map_err(RunError::Seal)?;
+    Ok(Outcome { app_exit, output })
+}
+
+async fn fetch_key(keys: &KeySource, a: &ArtefactRef, kind: &str) -> Result<ArtefactKey, RunError> {
+    let key = keys
+        .fetch(&a.reader, &a.role, &a.kv_path)
+        .await
+        .map_err(|source| RunError::Key {
+            artefact: a.info_path.display().to_string(),
+            source,
+        })?;
+    if key.kind.as_deref().is_some_and(|k| k != kind) {
+        return Err(RunError::Swapped {
+            path: a.info_path.clone(),
+            what: "kind",
+        });
+    }
+    if a.claimed_sha256.is_some_and(|c| c != key.sha256) {
+        return Err(RunError::Swapped {
+            path: a.info_path.clone(),
+            what: "sha256",
+        });
+    }
+    Ok(key)
+}
+
+/// Copy the executable regular files of `src` into `dest` (the job's hooks directory); returns
+/// their names in the order they run (byte order of names).
+fn stage_hooks(src: Option<&Path>, dest: &Path) -> Result<Vec<String>, RunError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(src) = src else {
+        return Ok(Vec::new());
+    };
+    let err = |source| RunError::StageHooks {
+        dir: src.to_owned(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(src).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let meta = std::fs::metadata(entry.path()).map_err(err)?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(err(std::io::Error::other(format!(
+                "hook name {name:?} has unsupported characters"
+            ))));
+        }
+        let target = dest.join(&name);
+        std::fs::copy(entry.path(), &target).map_err(err)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o500)).map_err(err)?;
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Drain an image stream (used by tests and the daemon's abort path).
+pub async fn drain(mut s: ImageStream) {
+    while s.next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("env");
+        std::fs::write(&p, "# c\n\nA=1\nexport B=x=y\n").expect("w");
+        assert_eq!(read_env_file(&p).expect("env"), ["A=1", "B=x=y"]);
+        std::fs::write(&p, "1A=1\n").expect("w");
+        assert!(
+            read_env_file(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
+        std::fs::write(&p, "NOEQ\n").expect("w");
+        assert!(read_env_file(&p).is_err());
+    }
+
+    #[test]
+    fn info_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let td: TrustDomain = "hpcs.test".parse().expect("td");
+        let p = dir.path().join("app.info.yaml");
+        let good = "kind: image\nname: hpcs-test:busybox\npath_at_rest: app.tar.age\n\
+                    secret_path: hpcs/abc123\naccess_role: hpcs-secret-abc123\n\
+                    spiffeID: spiffe://hpcs.test/hpcs/secret/abc123\n";
+        std::fs::write(&p, good).expect("w");
+        let a = read_info(&p, &td).expect("info");
+        assert_eq!(a.kv_path, "abc123");
+        assert_eq!(a.path_at_rest, dir.path().join("app.tar.age"));
+        assert_eq!(a.name, "hpcs-test:busybox");
+        for (bad, want) in [
+            (
+                good.replace("hpcs.test/hpcs/secret", "other.td/hpcs/secret"),
+                "trust domain",
+            ),
+            (
+                good.replace("secret_path: hpcs/abc123", "secret_path: hpcs/other"),
+                "secret_path",
+            ),
+            (
+                good.replace("hpcs/secret/abc123", "client/alice"),
+                "spiffeID",
+            ),
+            (
+                good.replace("access_role: hpcs-secret-abc123", "access_role: ../x"),
+                "access_role",
+            ),
+        ] {
+            std::fs::write(&p, bad).expect("w");
+            let err = read_info(&p, &td).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}
