@@ -1,18 +1,18 @@
 //! `hpcs-node images`: the images the admin policy authorises on a node (like hocker/socker).
 
-use crate::cli::ImagesArgs;
+use std::path::Path;
+
 use crate::policy::{Policy, PolicyError};
 
-/// Render the authorised images for the requested node as text or JSON.
+/// Render the images `policy_path` authorises on `node`, as text or JSON.
 ///
 /// # Errors
 ///
 /// The policy cannot be loaded.
-pub fn list(args: &ImagesArgs) -> Result<String, PolicyError> {
-    let policy = Policy::load(&args.policy)?;
-    let node = args.node.clone().unwrap_or_else(local_node_name);
-    let rules: Vec<_> = policy.images_for_node(&node).collect();
-    if args.json {
+pub fn list(policy_path: &Path, node: &str, json: bool) -> Result<String, PolicyError> {
+    let policy = Policy::load(policy_path)?;
+    let rules: Vec<_> = policy.images_for_node(node).collect();
+    if json {
         let v = serde_json::json!({ "node": node, "images": rules });
         return Ok(format!("{v:#}\n"));
     }

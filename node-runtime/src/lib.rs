@@ -13,9 +13,13 @@
 //! - [`session`]: one job's privileged side (policy, scratch, image, containers, cleanup),
 //!   run by the daemon per connection or in-process in direct mode.
 //! - [`run`]: `hpcs-node run`, the job from info files to sealed output, cleanup on every path.
+//! - [`broker`]: `hpcs-node daemon`, the root broker (SO_PEERCRED, /proc, narrow protocol),
+//!   and the job-side client.
+//! - [`settings`]: `/etc/hpcs/node.ini`, validated.
 //! - [`cli`]: command-line interface of `hpcs-node`.
 
 pub mod artefact;
+pub mod broker;
 pub mod cli;
 pub mod container;
 pub mod image;
@@ -25,3 +29,4 @@ pub mod keys;
 pub mod policy;
 pub mod run;
 pub mod session;
+pub mod settings;

@@ -92,7 +92,7 @@ pub enum RunError {
         artefact: String,
         /// Cause.
         #[source]
-        source: ArtefactError,
+        source: Box<ArtefactError>,
     },
     /// Hooks could not be staged.
     #[error("failed to stage hooks from {dir}")]
@@ -117,7 +117,7 @@ pub enum RunError {
     },
     /// Sealing the output failed.
     #[error("failed to seal the output")]
-    Seal(#[source] ArtefactError),
+    Seal(#[source] Box<ArtefactError>),
     /// A blocking task died.
     #[error("internal task failed")]
     Join(#[source] tokio::task::JoinError),
@@ -561,7 +561,7 @@ async fn steps<X: Executor>(
         .map_err(RunError::Join)?
         .map_err(|source| RunError::Decrypt {
             artefact: label,
-            source,
+            source: Box::new(source),
         })?;
     }
 
@@ -595,7 +595,7 @@ async fn steps<X: Executor>(
     if let Err(source) = produced {
         return Err(RunError::Decrypt {
             artefact: app.info_path.display().to_string(),
-            source,
+            source: Box::new(source),
         });
     }
     let image = loaded?;
@@ -660,7 +660,7 @@ async fn steps<X: Executor>(
     })
     .await
     .map_err(RunError::Join)?
-    .map_err(RunError::Seal)?;
+    .map_err(|e| RunError::Seal(Box::new(e)))?;
     Ok(Outcome { app_exit, output })
 }
 
