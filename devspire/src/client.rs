@@ -11,6 +11,8 @@ use crate::proto::admin::v1::admin_client::AdminClient;
 
 /// Timeout of admin calls.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of a whole Workload API fetch (connect and call).
+const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,12 @@ pub enum ClientError {
         call: &'static str,
         /// The gRPC status (code and message).
         status: Box<tonic::Status>,
+    },
+    /// A Workload API call did not finish in time.
+    #[error("Workload API call to {path} timed out after {WORKLOAD_TIMEOUT:?}")]
+    Timeout {
+        /// The socket.
+        path: String,
     },
     /// A Workload API call failed.
     #[error("Workload API call to {path} failed")]
@@ -107,6 +115,25 @@ pub async fn fetch_jwt(
     audiences: &[String],
     spiffe_id: Option<&str>,
 ) -> Result<Vec<FetchedJwt>, ClientError> {
+    with_timeout(socket, fetch_jwt_inner(socket, audiences, spiffe_id)).await
+}
+
+async fn with_timeout<T>(
+    socket: &Path,
+    call: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(WORKLOAD_TIMEOUT, call)
+        .await
+        .map_err(|_| ClientError::Timeout {
+            path: socket.display().to_string(),
+        })?
+}
+
+async fn fetch_jwt_inner(
+    socket: &Path,
+    audiences: &[String],
+    spiffe_id: Option<&str>,
+) -> Result<Vec<FetchedJwt>, ClientError> {
     let wrap = |source| ClientError::Workload {
         path: socket.display().to_string(),
         source,
@@ -137,6 +164,10 @@ pub async fn fetch_jwt(
 ///
 /// A [`ClientError`] when the call fails.
 pub async fn fetch_x509(socket: &Path) -> Result<Vec<FetchedX509>, ClientError> {
+    with_timeout(socket, fetch_x509_inner(socket)).await
+}
+
+async fn fetch_x509_inner(socket: &Path) -> Result<Vec<FetchedX509>, ClientError> {
     let client = connect(socket).await?;
     let svids = client
         .fetch_all_x509_svids()

@@ -290,18 +290,17 @@ impl EntryApi for EntryService {
         let page_size = usize::try_from(request.page_size)
             .map_err(|_| Status::invalid_argument("page_size must not be negative"))?;
         let snapshot = self.shared.store().snapshot();
-        if !request.page_token.is_empty() && !snapshot.entries.contains_key(&request.page_token) {
-            // Tokens are entry IDs; one deleted since the last page still orders correctly.
-            let valid = request
-                .page_token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-            if !valid {
-                return Err(Status::invalid_argument(format!(
-                    "invalid page token {:?}",
-                    request.page_token
-                )));
-            }
+        // Page tokens are the ID of the last entry of the previous page (IDs sort stably, and a
+        // token whose entry was deleted meanwhile still marks the right position).
+        let token_ok = request
+            .page_token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !token_ok {
+            return Err(Status::invalid_argument(format!(
+                "invalid page token {:?}",
+                request.page_token
+            )));
         }
         let mut matching = snapshot
             .entries

@@ -421,13 +421,7 @@ impl Shared {
     }
 
     async fn persist_keys(&self) -> Result<(), StateError> {
-        let file = KeysFile {
-            version: KEYS_VERSION,
-            trust_domain: self.settings.trust_domain.to_string(),
-            ca: self.ca.to_stored(),
-            jwt_keys: self.jwt().to_stored(),
-        };
-        let bytes = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
+        let bytes = keys_file_bytes(&self.settings.trust_domain, &self.ca, &self.jwt());
         let path = self.keys_path.clone();
         tokio::task::spawn_blocking(move || fsutil::write_private_atomic(&path, &bytes))
             .await
@@ -439,19 +433,29 @@ impl Shared {
     }
 }
 
-fn write_keys(
-    path: &Path,
+/// The key file's content (private keys: zeroed when dropped).
+fn keys_file_bytes(
     td: &TrustDomain,
     ca: &CertificateAuthority,
     jwt: &JwtAuthority,
-) -> Result<(), StateError> {
+) -> zeroize::Zeroizing<Vec<u8>> {
     let file = KeysFile {
         version: KEYS_VERSION,
         trust_domain: td.to_string(),
         ca: ca.to_stored(),
         jwt_keys: jwt.to_stored(),
     };
-    let bytes = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
+    // Plain strings and numbers always serialise.
+    zeroize::Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default())
+}
+
+fn write_keys(
+    path: &Path,
+    td: &TrustDomain,
+    ca: &CertificateAuthority,
+    jwt: &JwtAuthority,
+) -> Result<(), StateError> {
+    let bytes = keys_file_bytes(td, ca, jwt);
     fsutil::write_private_atomic(path, &bytes).map_err(|source| StateError::WriteKeys {
         path: path.to_owned(),
         source,
