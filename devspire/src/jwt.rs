@@ -88,6 +88,12 @@ pub enum JwtError {
     /// The stored key list is empty.
     #[error("the stored JWT key list is empty")]
     NoStoredKeys,
+    /// The last stored key (the active one) is marked retired.
+    #[error("the last stored JWT key {kid:?} is marked retired; it must be the active key")]
+    NoActiveKey {
+        /// The last key's ID.
+        kid: String,
+    },
 }
 
 /// One signing key.
@@ -186,8 +192,15 @@ impl JwtAuthority {
     ///
     /// [`JwtError::BadStoredKey`] or [`JwtError::NoStoredKeys`].
     pub fn from_stored(stored: &[StoredJwtKey]) -> Result<Self, JwtError> {
-        if stored.is_empty() {
-            return Err(JwtError::NoStoredKeys);
+        // The last key is the active one; `prune` keeps it only while it is unretired.
+        match stored.last() {
+            None => return Err(JwtError::NoStoredKeys),
+            Some(last) if last.retire_after != 0 => {
+                return Err(JwtError::NoActiveKey {
+                    kid: last.kid.clone(),
+                });
+            }
+            Some(_) => {}
         }
         let keys = stored
             .iter()
@@ -526,5 +539,11 @@ mod tests {
         assert_eq!(key["use"], "sig");
         assert_eq!(B64.decode(key["x"].as_str().unwrap()).unwrap().len(), 32);
         assert!(JwtAuthority::from_stored(&[]).is_err());
+        let mut retired = auth.to_stored();
+        retired.truncate(1);
+        assert!(matches!(
+            JwtAuthority::from_stored(&retired),
+            Err(JwtError::NoActiveKey { .. })
+        ));
     }
 }
