@@ -1,0 +1,163 @@
+//! Wiring for the binary: settings in, a running server out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::auth::Authenticator;
+use crate::config::{Settings, Transport};
+use crate::error::chain;
+use crate::metrics::Metrics;
+use crate::registry::VaultCoordinates;
+use crate::secrets::SecretService;
+use crate::server::{AppState, Limits, serve};
+use crate::spire::SpireEntries;
+use crate::tls::TlsError;
+use crate::vault::{Vault, VaultError, VaultLogin};
+
+/// How long the server waits for its first trust bundle from the Workload API.
+pub const WORKLOAD_API_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The settings do not work.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The Workload API could not be reached or did not deliver bundles.
+    #[error("failed to get the trust bundle from the Workload API at {socket}")]
+    WorkloadApi {
+        /// Socket.
+        socket: String,
+        /// Cause.
+        #[source]
+        source: spiffe::JwtSourceError,
+    },
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The Vault client could not be set up.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server loop failed.
+    #[error("server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// Whether this is a configuration problem (exit code 2) rather than a runtime failure (1).
+    #[must_use]
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Tls(_))
+            || matches!(self, Self::Vault(VaultError::Client { .. }))
+    }
+}
+
+/// Starts the server with `settings` and runs it until `shutdown` completes.
+///
+/// # Errors
+///
+/// [`RunError`] naming the step that failed.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    settings.validate()?;
+    for w in settings.warnings() {
+        tracing::warn!("{w}");
+    }
+    let endpoint = format!("unix:{}", settings.workload_socket.display());
+    let source = spiffe::JwtSource::builder()
+        .endpoint(&endpoint)
+        .initial_sync_timeout(WORKLOAD_API_SYNC_TIMEOUT)
+        .build()
+        .await
+        .map_err(|source| RunError::WorkloadApi {
+            socket: endpoint.clone(),
+            source,
+        })?;
+    let source = Arc::new(source);
+    let metrics = Arc::new(Metrics::new());
+    let audit = AuditLog::open(&settings.audit_log)?;
+    let vault = Vault::new(settings.vault.clone(), VaultLogin::Jwt(source.clone()))?;
+    let spire = SpireEntries::new(&settings.spire_admin_socket, settings.spire_timeout);
+    let service = SecretService::new(
+        Arc::new(spire),
+        Arc::new(vault),
+        settings.trust_domain.clone(),
+        settings.vault.kv_mount.clone(),
+        settings.agents.clone(),
+        Arc::clone(&metrics),
+    )
+    .with_secret_ttl(settings.secret_ttl);
+    let auth = Authenticator::new(
+        source.clone(),
+        settings.audience.clone(),
+        settings.trust_domain.clone(),
+        settings.client_prefix.clone(),
+    );
+    let state = AppState::new(
+        service,
+        auth,
+        audit,
+        metrics,
+        VaultCoordinates {
+            kv_mount: settings.vault.kv_mount.clone(),
+            auth_mount: settings.vault.auth_mount.clone(),
+            audience: settings.vault.audience.clone(),
+        },
+        Limits {
+            max_body_bytes: settings.max_body_bytes,
+            request_timeout: settings.request_timeout,
+        },
+    );
+    let sweeper = settings.expiry_sweep.map(|every| {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = st.service().sweep_expired().await {
+                    tracing::warn!(error = %chain(&e), "expiry sweep failed");
+                }
+            }
+        })
+    });
+    let tcp = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let result = match &settings.transport {
+        Transport::Tls { cert, key } => {
+            let config = crate::tls::server_config(cert, key)?;
+            let listener = crate::tls::TlsListener::new(tcp, config).map_err(RunError::Serve)?;
+            tracing::info!(listen = %settings.listen, "serving HTTPS");
+            serve(listener, shutdown, state).await
+        }
+        Transport::PlainHttp => {
+            tracing::info!(listen = %settings.listen, "serving plain HTTP");
+            serve(tcp, shutdown, state).await
+        }
+    };
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+    source.shutdown().await;
+    result.map_err(RunError::Serve)
+}
