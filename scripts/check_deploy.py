@@ -294,6 +294,31 @@ def check_spire_consistency(files: list[tuple[str, str]]) -> None:
     assert "k8s_psat" in names, "the sidecar agent's node attestor k8s_psat is not enabled"
 
 
+def check_server_inis(report: Report, inis: list[Path]) -> None:
+    """The rendered server.ini files, and compose/server's, parse with the server's own parser."""
+    name = f"server.ini parses with hpcs-core ({len(inis)} rendered + compose/server)"
+    cargo = shutil.which("cargo")
+    if not cargo:
+        report.skip(name, "cargo is not installed")
+        return
+
+    def run() -> None:
+        assert inis, "the chart rendered no server.ini"
+        env = dict(os.environ, RUST_BACKTRACE="0", HPCS_EXTRA_SERVER_INIS=":".join(str(p) for p in inis))
+        out = subprocess.run(
+            [cargo, "test", "--quiet", "-p", "hpcs-core", "--test", "deploy_configs", "--",
+             "--include-ignored"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-25:])
+        assert out.returncode == 0, tail
+        assert "2 passed" in out.stdout, f"expected both deploy_configs tests to run:\n{tail}"
+
+    report.check(name, run)
+
+
 # ---------------------------------------------------------------------------------------------
 # docker compose
 
@@ -412,6 +437,8 @@ def main() -> int:
         helm = find_helm()
         print(f"helm: {helm.name}", flush=True)
         value_sets: list[Path | None] = [None] + sorted((chart / "ci").glob("*-values.yaml"))
+        ini_dir = Path(tempfile.mkdtemp(prefix="hpcs-check-deploy-"))
+        rendered_inis: list[Path] = []
         for values in value_sets:
             label = values.name if values else "default values"
             report.check(f"helm lint --strict ({label})", lambda v=values: helm.lint(chart, v))
@@ -436,6 +463,14 @@ def main() -> int:
                 f"config syntax in ConfigMaps ({label})", lambda: check_config_syntax(cfgs) and None
             )
             report.check(f"SPIRE configs agree ({label})", lambda: check_spire_consistency(cfgs))
+            for name, text in cfgs:
+                if name.endswith("/server.ini"):
+                    ini = ini_dir / f"{label.removesuffix('.yaml')}-server.ini"
+                    ini.write_text(text)
+                    rendered_inis.append(ini)
+
+        check_server_inis(report, rendered_inis)
+        shutil.rmtree(ini_dir, ignore_errors=True)
 
     check_compose(report, repo, args.compose, args.compose_note)
     check_shell(report, repo)
