@@ -441,7 +441,9 @@ async fn stack_users_alice_and_bob() {
         }
         panic!("no test stack env file: run `scripts/test-stack up` first");
     };
-    let alice_uid = &env["HPCS_ALICE_UID"];
+    let alice_uid = env
+        .get("HPCS_ALICE_UID")
+        .expect("HPCS_ALICE_UID missing from the stack env file: rerun `scripts/test-stack up`");
     let ds = Devspire::start().await;
     ds.create_entry(
         "/client/alice",
