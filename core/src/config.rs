@@ -11,8 +11,10 @@
 //! - `[section]` headers, `key = value` lines, whole-line comments starting with `;` or `#`,
 //!   blank lines. Leading and trailing whitespace is ignored everywhere, and a UTF-8 byte-order
 //!   mark is skipped.
-//! - Keys are kebab-case and case-insensitive (stored lowercase, as Python's `configparser`
-//!   does, so HPCS files parse); section names are case-sensitive.
+//! - Keys are kebab-case; case is ignored (as Python's `configparser` does, so HPCS files parse)
+//!   and `_` is read as `-`, so `scratch_dir` and `Scratch-Dir` both mean `scratch-dir` (and
+//!   writing both is a duplicate). In free-form sections whose keys are names (`[node-agents]`)
+//!   only case is folded. Section names are case-sensitive.
 //! - A value may be wrapped in one pair of `"` or `'` quotes, which are removed: HPCS users write
 //!   `address = "https://..."`. An empty value (or `""`) means "not set".
 //! - A `;` or `#` preceded by whitespace outside quotes starts an inline comment.
@@ -107,8 +109,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SPIRE_SERVER_SOCKET: &str = "/tmp/spire-server/private/api.sock";
 /// SPIRE's default agent Workload API socket.
 pub const DEFAULT_SPIRE_AGENT_SOCKET: &str = "/tmp/spire-agent/public/api.sock";
-/// Default per-job scratch root on the node: tmpfs, so plaintext never reaches a disk.
-pub const DEFAULT_SCRATCH_DIR: &str = "/dev/shm/hpcs";
+/// Default per-job scratch root on the node: a root-owned tmpfs on systemd machines, so
+/// plaintext never reaches a disk.
+pub const DEFAULT_SCRATCH_DIR: &str = "/run/hpcs";
+/// Default admin policy file of the node runtime.
+pub const DEFAULT_POLICY_FILE: &str = "/etc/hpcs/policy.ini";
 /// Default container engine socket on the node.
 pub const DEFAULT_ENGINE_SOCKET: &str = "/var/run/docker.sock";
 /// Default timeout of each input or output hook on the node.
@@ -449,6 +454,26 @@ pub struct RawNodeSection {
     pub broker_socket: Option<String>,
     /// Timeout of each hook.
     pub hook_timeout: Option<String>,
+    /// Refuse a scratch directory that is not on tmpfs.
+    pub require_tmpfs: Option<String>,
+}
+
+/// Raw `[policy]` of the node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawNodePolicy {
+    /// The admin policy file.
+    pub path: Option<String>,
+}
+
+/// Raw `[spire-agent]` of the node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawNodeSpireAgent {
+    /// Workload API socket of the node's SPIRE agent.
+    pub socket_path: Option<String>,
+    /// The trust domain the node's readers belong to.
+    pub trust_domain: Option<String>,
 }
 
 /// Raw `[vault]` of the node.
@@ -475,10 +500,12 @@ pub struct RawNodeVault {
 pub struct RawNodeConfig {
     /// `[node]`.
     pub node: Option<RawNodeSection>,
+    /// `[policy]`.
+    pub policy: Option<RawNodePolicy>,
     /// `[vault]`.
     pub vault: Option<RawNodeVault>,
     /// `[spire-agent]`.
-    pub spire_agent: Option<RawSpireAgent>,
+    pub spire_agent: Option<RawNodeSpireAgent>,
 }
 
 /// A raw config together with where it came from, ready for `TryFrom` into typed config.
@@ -764,7 +791,10 @@ fn scan(text: &str, path: &Path, schema: &Schema) -> Result<Scanned, ConfigError
                 current = Some((name, section_schema));
             }
             Some(serde_ini::Item::Value { key, value }) => {
-                let key = key.trim().to_ascii_lowercase();
+                let mut key = key.trim().to_ascii_lowercase();
+                if let Some((_, SectionSchema::Keys(_))) = &current {
+                    key = key.replace('_', "-");
+                }
                 if key.is_empty() {
                     return Err(syntax("empty key before `=`".into()));
                 }
@@ -1199,12 +1229,11 @@ pub struct SpireAgentConfig {
 impl SpireAgentConfig {
     fn from_raw<T>(
         ini: &RawIni<T>,
-        raw: Option<&RawSpireAgent>,
+        raw_socket: &Option<String>,
         default: Option<&str>,
     ) -> Result<Option<Self>, ConfigError> {
         let sec = ini.sec("spire-agent");
-        let raw_socket = raw.and_then(|r| r.socket_path.clone());
-        let socket_path = match socket(&sec, "socket-path", &raw_socket)? {
+        let socket_path = match socket(&sec, "socket-path", raw_socket)? {
             Some(p) => Some(p),
             None => default.map(PathBuf::from),
         };
@@ -1388,7 +1417,11 @@ impl TryFrom<RawIni<RawClientConfig>> for ClientConfig {
             }
         };
 
-        let spire_agent = SpireAgentConfig::from_raw(&ini, raw.spire_agent.as_ref(), None)?;
+        let spire_agent = SpireAgentConfig::from_raw(
+            &ini,
+            &raw.spire_agent.as_ref().and_then(|r| r.socket_path.clone()),
+            None,
+        )?;
         let identity_file = match &raw.client {
             Some(r) => ini.sec("client").path("identity-file", &r.identity_file)?,
             None => None,
@@ -1637,7 +1670,7 @@ impl TryFrom<RawIni<RawServerConfig>> for ServerConfig {
 
         let spire_agent = SpireAgentConfig::from_raw(
             &ini,
-            raw.spire_agent.as_ref(),
+            &raw.spire_agent.as_ref().and_then(|r| r.socket_path.clone()),
             Some(DEFAULT_SPIRE_AGENT_SOCKET),
         )?
         .expect("a default socket is given");
@@ -1721,6 +1754,8 @@ pub struct NodeSection {
     pub broker_socket: Option<PathBuf>,
     /// `hook-timeout`, default [`DEFAULT_HOOK_TIMEOUT`].
     pub hook_timeout: Duration,
+    /// `require-tmpfs`, default true: refuse a scratch directory that is not on tmpfs.
+    pub require_tmpfs: bool,
 }
 
 /// Node `[vault]`.
@@ -1748,10 +1783,14 @@ pub struct NodeVaultConfig {
 pub struct NodeConfig {
     /// `[node]`.
     pub node: NodeSection,
+    /// `[policy] path`, default [`DEFAULT_POLICY_FILE`].
+    pub policy_file: PathBuf,
     /// `[vault]` (required).
     pub vault: NodeVaultConfig,
-    /// `[spire-agent]`, default socket [`DEFAULT_SPIRE_AGENT_SOCKET`].
+    /// `[spire-agent] socket-path`, default [`DEFAULT_SPIRE_AGENT_SOCKET`].
     pub spire_agent: SpireAgentConfig,
+    /// `[spire-agent] trust-domain` (required): reader IDs outside it are refused.
+    pub trust_domain: TrustDomain,
 }
 
 impl TryFrom<RawIni<RawNodeConfig>> for NodeConfig {
@@ -1774,7 +1813,21 @@ impl TryFrom<RawIni<RawNodeConfig>> for NodeConfig {
                 hook_timeout: s
                     .duration("hook-timeout", &r.hook_timeout)?
                     .unwrap_or(DEFAULT_HOOK_TIMEOUT),
+                require_tmpfs: s.bool("require-tmpfs", &r.require_tmpfs)?.unwrap_or(true),
             }
+        };
+        let policy_file = match &raw.policy {
+            Some(r) => ini.sec("policy").path("path", &r.path)?,
+            None => None,
+        }
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_FILE));
+        let trust_domain = {
+            let s = ini.sec("spire-agent");
+            let r = raw
+                .spire_agent
+                .as_ref()
+                .ok_or_else(|| ini.missing_section("spire-agent"))?;
+            s.trust_domain("trust-domain", &r.trust_domain)?
         };
         let vault = {
             let s = ini.sec("vault");
@@ -1801,14 +1854,16 @@ impl TryFrom<RawIni<RawNodeConfig>> for NodeConfig {
         };
         let spire_agent = SpireAgentConfig::from_raw(
             &ini,
-            raw.spire_agent.as_ref(),
+            &raw.spire_agent.as_ref().and_then(|r| r.socket_path.clone()),
             Some(DEFAULT_SPIRE_AGENT_SOCKET),
         )?
         .expect("a default socket is given");
         Ok(Self {
             node,
+            policy_file,
             vault,
             spire_agent,
+            trust_domain,
         })
     }
 }
@@ -1923,10 +1978,13 @@ secret-ttl = 30d
 
     const NODE: &str = "[node]
 name = node1
-hook-timeout = 90
+hook_timeout = 90
 
 [vault]
 url = http://127.0.0.1:8200
+
+[spire-agent]
+trust-domain = hpcs.test
 ";
 
     #[test]
@@ -2074,8 +2132,36 @@ identity-file = \"\"
             c.spire_agent.socket_path,
             PathBuf::from(DEFAULT_SPIRE_AGENT_SOCKET)
         );
-        let minimal = NodeConfig::from_ini_str("[vault]\nurl = http://v:1\n", origin()).unwrap();
+        assert!(c.node.require_tmpfs);
+        assert_eq!(c.policy_file, PathBuf::from(DEFAULT_POLICY_FILE));
+        assert_eq!(c.trust_domain.as_str(), "hpcs.test");
+        let minimal = NodeConfig::from_ini_str(
+            "[vault]\nurl = http://v:1\n[spire-agent]\ntrust-domain = td\n",
+            origin(),
+        )
+        .unwrap();
         assert_eq!(minimal.node.name, None);
+        let full = NodeConfig::from_ini_str(
+            "[node]\nscratch_dir = /dev/shm/hpcs\nrequire_tmpfs = no\n\
+             engine_socket = unix:///run/user/1000/podman/podman.sock\n\
+             broker-socket = /run/hpcs-node.sock\n[policy]\npath = policy.ini\n\
+             [vault]\nurl = http://v:1\nca-cert = /etc/hpcs/ca.pem\n\
+             [spire-agent]\nsocket-path = /run/spire/agent.sock\ntrust_domain = td\n",
+            origin(),
+        )
+        .unwrap();
+        assert_eq!(full.node.scratch_dir, PathBuf::from("/dev/shm/hpcs"));
+        assert!(!full.node.require_tmpfs);
+        assert_eq!(
+            full.node.engine_socket,
+            PathBuf::from("/run/user/1000/podman/podman.sock")
+        );
+        assert_eq!(
+            full.node.broker_socket,
+            Some(PathBuf::from("/run/hpcs-node.sock"))
+        );
+        assert_eq!(full.policy_file, PathBuf::from("/etc/hpcs/policy.ini"));
+        assert_eq!(full.vault.ca_cert, Some(PathBuf::from("/etc/hpcs/ca.pem")));
     }
 
     fn with_line(base: &str, section: &str, line: &str) -> String {
@@ -2088,7 +2174,8 @@ identity-file = \"\"
         with_line(HPCS_CLIENT, "supercomputer", "adress = x"),
         "test.ini:13: unknown key `adress` in [supercomputer]; did you mean `address`? expected one of `address`, `username`"
     )]
-    #[case::underscore_key(with_line(HPCS_CLIENT, "ssh", "x").replace("[ssh]\nx\n", "") + "[ssh]\nconnect_timeout = 3s\n", "unknown key `connect_timeout` in [ssh]; did you mean `connect-timeout`?")]
+    #[case::underscore_dup(format!("{HPCS_CLIENT}[ssh]\nconnect_timeout = 3s\nConnect-Timeout = 4s\n"), "test.ini:17: duplicate key `connect-timeout` in [ssh] (first on line 16)")]
+    #[case::typo_key(format!("{HPCS_CLIENT}[ssh]\nconect_timeout = 3s\n"), "unknown key `conect-timeout` in [ssh]; did you mean `connect-timeout`?")]
     #[case::duplicate_key(
         with_line(HPCS_CLIENT, "vault", "url = http://x"),
         "test.ini:11: duplicate key `url` in [vault] (first on line 10)"
@@ -2204,14 +2291,26 @@ url = http://127.0.0.1:8200
     }
 
     #[rstest]
-    #[case::no_vault("[node]\nname = n1\n", "missing section [vault]")]
+    #[case::no_vault(
+        "[node]\nname = n1\n[spire-agent]\ntrust-domain = td\n",
+        "missing section [vault]"
+    )]
+    #[case::no_td(
+        "[vault]\nurl = http://v\n[spire-agent]\n",
+        "missing key `trust-domain` in [spire-agent]"
+    )]
+    #[case::no_agent("[vault]\nurl = http://v\n", "missing section [spire-agent]")]
+    #[case::bad_tmpfs(
+        "[node]\nrequire-tmpfs = sometimes\n[vault]\nurl = http://v\n",
+        "[node] require-tmpfs = \"sometimes\": expected true or false"
+    )]
     #[case::bad_name(
         "[node]\nname = n_1.-x\n[vault]\nurl = http://v\n",
         "[node] name: invalid value"
     )]
     #[case::policy(
         "[policy]\nfile = x\n[vault]\nurl = http://v\n",
-        "unknown section [policy]"
+        "unknown key `file` in [policy]; expected one of `path`"
     )]
     #[case::bad_socket(
         "[node]\nengine-socket = tcp://1.2.3.4:2375\n[vault]\nurl = http://v\n",
