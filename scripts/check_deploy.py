@@ -296,7 +296,7 @@ def check_spire_consistency(files: list[tuple[str, str]]) -> None:
 
 def check_server_inis(report: Report, inis: list[Path]) -> None:
     """The rendered server.ini files, and compose/server's, parse with the server's own parser."""
-    name = f"server.ini parses with hpcs-core ({len(inis)} rendered + compose/server)"
+    name = f"server.ini loads with hpcs-server ({len(inis)} rendered + compose/server)"
     cargo = shutil.which("cargo")
     if not cargo:
         report.skip(name, "cargo is not installed")
@@ -306,7 +306,7 @@ def check_server_inis(report: Report, inis: list[Path]) -> None:
         assert inis, "the chart rendered no server.ini"
         env = dict(os.environ, RUST_BACKTRACE="0", HPCS_EXTRA_SERVER_INIS=":".join(str(p) for p in inis))
         out = subprocess.run(
-            [cargo, "test", "--quiet", "-p", "hpcs-core", "--test", "deploy_configs", "--",
+            [cargo, "test", "--quiet", "-p", "hpcs-server", "--test", "deploy_configs", "--",
              "--include-ignored"],
             capture_output=True,
             text=True,
