@@ -239,6 +239,16 @@ def check_pod_policy(docs: list[tuple[str, dict[str, Any]]]) -> None:
             res = c.get("resources", {})
             if not res.get("requests") or not res.get("limits", {}).get("memory"):
                 errors.append(f"{cname}: needs resource requests and a memory limit")
+        if pod.get("shareProcessNamespace"):
+            uids: dict[Any, str] = {}
+            for c in containers:
+                uid = c.get("securityContext", {}).get("runAsUser")
+                if uid in uids:
+                    errors.append(
+                        f"{name}: {c['name']} and {uids[uid]} share uid {uid} in a shared process "
+                        "namespace (each could trace the other)"
+                    )
+                uids[uid] = c["name"]
         seccomp = pod.get("securityContext", {}).get("seccompProfile", {}).get("type")
         if seccomp != "RuntimeDefault":
             errors.append(f"{name}: pod seccompProfile must be RuntimeDefault")
