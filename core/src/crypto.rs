@@ -610,6 +610,10 @@ pub fn decrypt<R: Read, W: Write>(
         match reader.read_checked(&mut buf) {
             Ok(0) => match out.flush() {
                 Ok(()) => {
+                    // The flushed buffer's allocation still holds plaintext; wipe it.
+                    if let (_, Ok(mut spent)) = out.into_parts() {
+                        zeroize::Zeroize::zeroize(&mut spent);
+                    }
                     return Ok(DecryptSummary {
                         ciphertext: reader
                             .ciphertext_summary()
