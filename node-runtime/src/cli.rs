@@ -90,13 +90,13 @@ pub struct RunArgs {
     /// Ask for a writable root filesystem (if the policy allows).
     #[arg(long)]
     pub writable_rootfs: bool,
-    /// Talk to the engine directly (e.g. a rootless Podman socket), ignoring `broker_socket`.
+    /// Talk to the engine directly (e.g. a rootless Podman socket), ignoring `broker-socket`.
     #[arg(long)]
     pub direct: bool,
-    /// Engine socket for direct mode (overrides `[node] engine_socket`).
+    /// Engine socket for direct mode (overrides `[node] engine-socket`).
     #[arg(long, value_name = "SOCKET")]
     pub engine_socket: Option<String>,
-    /// Daemon socket (overrides `[node] broker_socket`).
+    /// Daemon socket (overrides `[node] broker-socket`).
     #[arg(long, value_name = "SOCKET", conflicts_with = "direct")]
     pub broker_socket: Option<PathBuf>,
     /// Arguments of the application (after `--`).
@@ -136,7 +136,7 @@ pub struct ImagesArgs {
 /// `hpcs-node daemon`.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Socket to listen on (overrides `[node] broker_socket`).
+    /// Socket to listen on (overrides `[node] broker-socket`).
     #[arg(long, value_name = "SOCKET")]
     pub socket: Option<PathBuf>,
     /// Root of the proc filesystem (for tests).
@@ -273,12 +273,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<u8, Failure> {
             let socket = args
                 .engine_socket
                 .clone()
-                .or_else(|| s.engine_socket.clone())
-                .ok_or_else(|| {
-                    usage(anyhow::anyhow!(
-                        "no [node] engine_socket or broker_socket configured"
-                    ))
-                })?;
+                .unwrap_or_else(|| s.engine_socket.clone());
             let policy = Arc::new(Policy::load(&s.policy).map_err(usage)?);
             let caller = crate::job::Caller::this_process().map_err(fail)?;
             let engine = Arc::new(
@@ -319,13 +314,10 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<u8, Failure> {
         .or_else(|| s.broker_socket.clone())
         .ok_or_else(|| {
             usage(anyhow::anyhow!(
-                "no [node] broker_socket configured and no --socket given"
+                "no [node] broker-socket configured and no --socket given"
             ))
         })?;
-    let engine_socket = s
-        .engine_socket
-        .clone()
-        .ok_or_else(|| usage(anyhow::anyhow!("the daemon needs [node] engine_socket")))?;
+    let engine_socket = s.engine_socket.clone();
     // Validate the policy now, so a broken file fails the start rather than every job.
     let policy = Arc::new(Policy::load(&s.policy).map_err(usage)?);
     let engine = Arc::new(

@@ -163,3 +163,5 @@ impl hpcs_node::container::OutputSink for Collect {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
+
+pub mod e2e;

@@ -1,0 +1,493 @@
+//! `hpcs-node run` end to end, as the job user, through the root daemon, against the test
+//! stack's real dockerd, OpenBao and devspire.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::e2e::{self, MARKER_DATA, MARKER_IMAGE, Ns};
+use hpcs_node::container::DockerEngine;
+
+const POLICY: &str = "[defaults]\nrequire-job-cgroup = false\npids-limit = 128\n\
+                      [image:test]\nnodes = node1, node2\nname = hpcs-node-e2e-*\n";
+
+const APP: &str = "echo APP-RAN; echo uid=$(id -u) gid=$(id -g) groups=$(id -G); \
+                   grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
+                   wc -l < /data/input.txt; cp /data/input.txt /output/copy.txt; \
+                   cp /marker.txt /output/image-marker.txt; echo result > /output/result.txt; exit 7";
+
+struct Job {
+    ns: Ns,
+    app_info: std::path::PathBuf,
+    data_info: std::path::PathBuf,
+    image_id: String,
+    out_id: age::x25519::Identity,
+    engine: DockerEngine,
+}
+
+/// Encrypted image and data in a fresh namespace, keys registered in Vault, readable by alice
+/// on node1 only.
+async fn job(env: &common::Env) -> Job {
+    let ns = Ns::new(env).await;
+    let engine = common::engine(env).await;
+    let tag = format!("hpcs-node-e2e-{}:1", ns.id);
+    let (image_tar, image_id) = common::unique_image_archive(
+        &engine,
+        env.get("HPCS_TEST_IMAGE"),
+        &tag,
+        &[("marker.txt", MARKER_IMAGE.as_bytes())],
+    )
+    .await;
+    let img_secret = format!("img-{}", ns.id);
+    let data_secret = format!("data-{}", ns.id);
+    let (app_info, img_rec) =
+        e2e::encrypt_artefact(&ns, "app", "image", &tag, &img_secret, &image_tar);
+    let (data_info, data_rec) =
+        e2e::encrypt_artefact(&ns, "data", "data", "input", &data_secret, &e2e::data_tar());
+    ns.register_secret(&img_secret, img_rec).await;
+    ns.register_secret(&data_secret, data_rec).await;
+    let alice = format!("uid:{}", env.get("HPCS_ALICE_UID"));
+    e2e::register_entry(env, &img_secret, "node1", &alice).await;
+    e2e::register_entry(env, &data_secret, "node1", &alice).await;
+    let uid: u32 = env.get("HPCS_ALICE_UID").parse().unwrap();
+    let gid: u32 = env.get("HPCS_ALICE_GID").parse().unwrap();
+    ns.chown_workdir(uid, gid);
+    Job {
+        ns,
+        app_info,
+        data_info,
+        image_id,
+        out_id: age::x25519::Identity::generate(),
+        engine,
+    }
+}
+
+impl Job {
+    fn args(&self, extra: &[&str], app: &str) -> Vec<String> {
+        let mut a = vec![
+            "run".to_owned(),
+            "--application-info".into(),
+            self.app_info.display().to_string(),
+            "--data-info".into(),
+            self.data_info.display().to_string(),
+            "--workdir".into(),
+            self.ns.workdir.display().to_string(),
+            "--output-recipient".into(),
+            self.out_id.to_public().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a.extend(["--".into(), "sh".into(), "-c".into(), app.into()]);
+        a
+    }
+
+    async fn assert_clean(&self) {
+        // The daemon cleans up after the client is gone; give it a moment.
+        let t = Instant::now();
+        loop {
+            let image_gone = self
+                .engine
+                .docker()
+                .inspect_image(&self.image_id)
+                .await
+                .is_err();
+            let containers = self.containers().await;
+            let scratch = self.ns.scratch_entries();
+            if image_gone && containers.is_empty() && scratch.is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "left behind: image present={} containers={containers:?} scratch={scratch:?}",
+                !image_gone
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for marker in [MARKER_DATA, MARKER_IMAGE] {
+            assert_eq!(
+                self.ns.scan_workdir(marker),
+                Vec::<std::path::PathBuf>::new(),
+                "plaintext {marker} in the workdir"
+            );
+        }
+    }
+
+    /// Containers (any state) whose mounts come from this test's scratch root.
+    async fn containers(&self) -> Vec<String> {
+        let opts = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let list = self
+            .engine
+            .docker()
+            .list_containers(Some(opts))
+            .await
+            .unwrap();
+        list.into_iter()
+            .filter(|c| {
+                c.mounts.iter().flatten().any(|m| {
+                    m.source
+                        .as_deref()
+                        .is_some_and(|s| Path::new(s).starts_with(&self.ns.scratch))
+                })
+            })
+            .filter_map(|c| c.id)
+            .collect()
+    }
+}
+
+fn run_as(user: &str, node_ini: &Path, args: &[String]) -> e2e::Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    e2e::output(e2e::node_cmd(user, node_ini, &args))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_runs_confined_and_gets_sealed_output() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon_ini = j.ns.node_ini(&env, "node1", None, &policy);
+    let daemon = e2e::Daemon::start(&j.ns, &daemon_ini);
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let out = run_as("alice", &ini, &j.args(&[], APP));
+    assert_eq!(
+        out.code, 7,
+        "exit code is the app's\nstdout:{}\nstderr:{}",
+        out.stdout, out.stderr
+    );
+    assert!(out.stdout.contains("APP-RAN"), "{}", out.stdout);
+    let gid_users = env.get("HPCS_GROUP_GID");
+    let ids = out.stdout.lines().find(|l| l.starts_with("uid=")).unwrap();
+    assert!(
+        ids.starts_with(&format!(
+            "uid={} gid={} groups=",
+            env.get("HPCS_ALICE_UID"),
+            env.get("HPCS_ALICE_GID")
+        )),
+        "{ids}"
+    );
+    assert!(
+        ids.split_whitespace()
+            .any(|g| g == gid_users || g.ends_with(&format!("={gid_users}"))),
+        "{ids}"
+    );
+    assert!(
+        out.stdout.contains("CapEff:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("NoNewPrivs:\t1"), "{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(|l| l.trim() == "2"),
+        "the app read the data: {}",
+        out.stdout
+    );
+
+    let sealed = j.ns.workdir.join("output");
+    let files: Vec<_> = std::fs::read_dir(&sealed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].display().to_string().ends_with(".tar.age"));
+    let contents = e2e::open_output(&files[0], &j.out_id);
+    let get = |n: &str| {
+        contents
+            .iter()
+            .find(|(name, _)| name.ends_with(n))
+            .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+    };
+    assert!(get("copy.txt").unwrap().contains(MARKER_DATA));
+    assert!(get("image-marker.txt").unwrap().contains(MARKER_IMAGE));
+    assert_eq!(get("result.txt").unwrap().trim(), "result");
+    j.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bob_and_other_nodes_get_no_key() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
+    // Bob may write into the workdir for this test (shared project directory).
+    std::fs::set_permissions(
+        &j.ns.workdir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let out = run_as("bob", &ini, &j.args(&[], APP));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("issued no identity"), "{}", out.stderr);
+    assert!(!out.stdout.contains("APP-RAN"));
+
+    // Alice, but on node2 (whose agent has no entry for her).
+    let daemon2 = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node2", None, &policy));
+    let _ = std::fs::remove_file(&daemon.socket);
+    let ini2 = j.ns.node_ini(&env, "node2", Some(&daemon2.socket), &policy);
+    let out = run_as("alice", &ini2, &j.args(&[], APP));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("issued no identity"), "{}", out.stderr);
+    assert!(!out.stdout.contains("APP-RAN"));
+    j.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_or_swapped_artefacts_abort_before_running() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+
+    // 1. One flipped byte in the data ciphertext (same size).
+    let ct = j.ns.workdir.join("data.tar.age");
+    let original = std::fs::read(&ct).unwrap();
+    let mut bad = original.clone();
+    let i = bad.len() - 3;
+    bad[i] ^= 0x55;
+    std::fs::write(&ct, &bad).unwrap();
+    let out = run_as("alice", &ini, &j.args(&[], APP));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("APP-RAN"),
+        "the app must not run on tampered data"
+    );
+    assert!(out.stderr.contains("failed to decrypt"), "{}", out.stderr);
+    std::fs::write(&ct, &original).unwrap();
+    j.assert_clean().await;
+
+    // 2. The image info swapped for one naming the data ciphertext (its own sha256 claim
+    //    fixed up): the digest comes from Vault, so this fails before anything runs.
+    let info = std::fs::read_to_string(&j.app_info).unwrap();
+    let swapped = info.replace("path_at_rest: app.tar.age", "path_at_rest: data.tar.age");
+    std::fs::write(&j.app_info, &swapped).unwrap();
+    let out = run_as("alice", &ini, &j.args(&[], APP));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(!out.stdout.contains("APP-RAN"));
+    assert!(
+        out.stderr.contains("does not match the key record")
+            || out.stderr.contains("bytes, the key record says"),
+        "{}",
+        out.stderr
+    );
+
+    // 3. An info file whose checksum disagrees with the record is refused as swapped.
+    let data_info = std::fs::read_to_string(&j.data_info).unwrap();
+    let sha_line = data_info
+        .lines()
+        .find(|l| l.starts_with("sha256: "))
+        .unwrap();
+    std::fs::write(
+        &j.app_info,
+        info.replace(
+            info.lines().find(|l| l.starts_with("sha256: ")).unwrap(),
+            sha_line,
+        ),
+    )
+    .unwrap();
+    let out = run_as("alice", &ini, &j.args(&[], APP));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("does not match its key record"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("APP-RAN"));
+    j.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorised_image_is_refused_before_any_key_fetch() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let ns = Ns::new(&env).await;
+    // No Vault role, no SPIRE entry: a key fetch would fail with a different message.
+    let (app_info, _) = e2e::encrypt_artefact(
+        &ns,
+        "app",
+        "image",
+        "evil/miner:latest",
+        &format!("img-{}", ns.id),
+        b"x",
+    );
+    ns.chown_workdir(
+        env.get("HPCS_ALICE_UID").parse().unwrap(),
+        env.get("HPCS_ALICE_GID").parse().unwrap(),
+    );
+    let policy = ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
+    let ini = ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let args = [
+        "run",
+        "--application-info",
+        &app_info.display().to_string(),
+        "--workdir",
+        &ns.workdir.display().to_string(),
+        "--output-recipient",
+        &recipient,
+        "--",
+        "true",
+    ];
+    let out = e2e::output(e2e::node_cmd("alice", &ini, &args));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("denied by policy: image \"evil/miner:latest\" on node node1"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("[image:test]"),
+        "the message names the rule: {}",
+        out.stderr
+    );
+    // A network request beyond the policy is refused the same way.
+    let mut args2 = args.to_vec();
+    args2.splice(7..7, ["--network", "host"]);
+    let out = e2e::output(e2e::node_cmd("alice", &ini, &args2));
+    assert!(
+        out.stderr.contains("denied by policy: network host"),
+        "{}",
+        out.stderr
+    );
+    assert!(ns.scratch_entries().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_input_hook_prevents_the_app() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let hooks = j.ns.dir.path().join("hooks-in");
+    std::fs::create_dir(&hooks).unwrap();
+    for (name, body) in [
+        ("10-ok", "#!/bin/sh\necho HOOK-10 uid=$(id -u)\nls /data\n"),
+        ("20-fail", "#!/bin/sh\necho HOOK-20\nexit 3\n"),
+        ("30-never", "#!/bin/sh\necho HOOK-30\n"),
+    ] {
+        let p = hooks.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let out = run_as(
+        "alice",
+        &ini,
+        &j.args(&["--input-hooks", &hooks.display().to_string()], APP),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("HOOK-10 uid={}", env.get("HPCS_ALICE_UID"))),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("input.txt"),
+        "hooks see the decrypted data: {}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("HOOK-20"));
+    assert!(!out.stdout.contains("HOOK-30"));
+    assert!(!out.stdout.contains("APP-RAN"), "the app must not run");
+    assert!(
+        out.stderr.contains("input hook 20-fail exited with 3"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !j.ns.workdir.join("output").exists(),
+        "no output is released"
+    );
+    j.assert_clean().await;
+
+    // A failing output hook: the app ran, no output is released.
+    let out_hooks = j.ns.dir.path().join("hooks-out");
+    std::fs::create_dir(&out_hooks).unwrap();
+    let p = out_hooks.join("check");
+    std::fs::write(&p, "#!/bin/sh\ntest ! -e /output/copy.txt\n").unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run_as(
+        "alice",
+        &ini,
+        &j.args(&["--output-hooks", &out_hooks.display().to_string()], APP),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.contains("APP-RAN"));
+    assert!(
+        out.stderr.contains("output hook check exited with 1"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !j.ns.workdir.join("output").exists(),
+        "no output is released"
+    );
+    j.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_leaves_nothing_behind() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let args = j.args(&[], "echo APP-STARTED; sleep 120");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = e2e::node_cmd("alice", &ini, &args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Wait until the app's container runs.
+    let t = Instant::now();
+    loop {
+        let running = !j.containers().await.is_empty();
+        if running {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the app never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "hpcs-node did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(!j.ns.workdir.join("output").exists());
+    j.assert_clean().await;
+}
