@@ -229,7 +229,6 @@ async fn bob_and_other_nodes_get_no_key() {
 
     // Alice, but on node2 (whose agent has no entry for her).
     let daemon2 = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node2", None, &policy));
-    let _ = std::fs::remove_file(&daemon.socket);
     let ini2 = j.ns.node_ini(&env, "node2", Some(&daemon2.socket), &policy);
     let out = run_as("alice", &ini2, &j.args(&[], APP));
     assert_eq!(out.code, 1, "{}", out.stderr);

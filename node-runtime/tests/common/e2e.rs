@@ -310,7 +310,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(ns: &Ns, node_ini: &Path) -> Self {
-        let socket = ns.dir.path().join("hpcs-node.sock");
+        let socket = ns.dir.path().join(format!(
+            "hpcs-node-{}.sock",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
         let child = Command::new(env!("CARGO_BIN_EXE_hpcs-node"))
             .args(["--config"])
             .arg(node_ini)
