@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -387,6 +388,102 @@ def compose_policy(doc: dict[str, Any], name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# OpenBao: start the compose stack's config with the real server
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_openbao(report: Report, repo: Path) -> None:
+    conf = repo / "compose/server/config/openbao.hcl"
+    name = "openbao.hcl runs a real OpenBao (init, unseal, audit device)"
+    bao = shutil.which("bao", path=str(Path(sys.executable).parent))
+    if not conf.exists():
+        report.skip(name, "compose/server/config/openbao.hcl does not exist")
+        return
+    if not bao:
+        report.skip(name, "no bao binary in the tools virtualenv")
+        return
+
+    def run() -> None:
+        with tempfile.TemporaryDirectory(prefix="hpcs-bao-") as tmp:
+            t = Path(tmp)
+            (t / "file").mkdir()
+            (t / "logs").mkdir()
+            api, cluster = free_port(), free_port()
+            # The file as shipped, with the container's paths and addresses mapped to this host.
+            text = (
+                conf.read_text()
+                .replace("/openbao/file", str(t / "file"))
+                .replace("/openbao/logs", str(t / "logs"))
+                .replace("0.0.0.0:8200", f"127.0.0.1:{api}")
+                .replace("http://openbao:8200", f"http://127.0.0.1:{api}")
+                .replace("http://openbao:8201", f"http://127.0.0.1:{cluster}")
+            )
+            (t / "openbao.hcl").write_text(text)
+            env = dict(os.environ, BAO_ADDR=f"http://127.0.0.1:{api}")
+            env.pop("BAO_TOKEN", None)
+            log = (t / "server.log").open("w")
+            server = subprocess.Popen(
+                [bao, "server", f"-config={t / 'openbao.hcl'}"], stdout=log, stderr=log, env=env
+            )
+            try:
+
+                def bao_json(command: list[str], *arguments: str) -> dict[str, Any]:
+                    # Flags before arguments; arguments (keys) are never echoed in errors.
+                    out = subprocess.run(
+                        [bao, *command, "-format=json", *arguments],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                        timeout=30,
+                    )
+                    assert out.stdout.strip(), f"bao {' '.join(command)}: {out.stderr.strip()}"
+                    return json.loads(out.stdout)
+
+                status: dict[str, Any] = {}
+                for _ in range(100):
+                    assert server.poll() is None, (t / "server.log").read_text()[-2000:]
+                    try:
+                        status = bao_json(["status"])
+                        break
+                    except (AssertionError, json.JSONDecodeError):
+                        time.sleep(0.1)
+                assert status, "OpenBao did not answer in 10 s"
+                assert status.get("storage_type") == "raft", f"storage is {status.get('storage_type')}"
+                assert status.get("initialized") is False
+                init = bao_json(["operator", "init", "-key-shares=1", "-key-threshold=1"])
+                unsealed = bao_json(["operator", "unseal"], init["unseal_keys_b64"][0])
+                assert unsealed.get("sealed") is False, "unseal failed"
+                env["BAO_TOKEN"] = init["root_token"]
+                for _ in range(100):
+                    try:
+                        audits = bao_json(["audit", "list"])
+                        break
+                    except (AssertionError, json.JSONDecodeError):
+                        time.sleep(0.1)
+                else:
+                    raise AssertionError("audit list never answered")
+                assert "file/" in audits, f"no declared file audit device: {sorted(audits)}"
+                assert any((t / "logs").iterdir()), "the audit log was not written"
+            finally:
+                server.terminate()
+                try:
+                    server.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+                log.close()
+
+    report.check(name, run)
+
+
+# ---------------------------------------------------------------------------------------------
 # Shell scripts shipped for deployment
 
 
@@ -483,6 +580,7 @@ def main() -> int:
         shutil.rmtree(ini_dir, ignore_errors=True)
 
     check_compose(report, repo, args.compose, args.compose_note)
+    check_openbao(report, repo)
     check_shell(report, repo)
 
     skipped = f", {report.skipped} skipped" if report.skipped else ""

@@ -18,3 +18,12 @@ listener "tcp" {
   address = "0.0.0.0:8200"
   tls_disable = true
 }
+
+# Audit device: every request and response (secret values HMAC'd), in the openbao-logs volume.
+# OpenBao only creates audit devices declared here, not through its API.
+audit "file" "file" {
+  description = "HPCS compose stack audit log"
+  options {
+    file_path = "/openbao/logs/audit.log"
+  }
+}
