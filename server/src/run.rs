@@ -66,15 +66,21 @@ impl RunError {
     }
 }
 
-/// Starts the server with `settings` and runs it until `shutdown` completes.
+/// A server assembled from settings, ready to serve.
+#[derive(Debug)]
+pub struct Assembled {
+    /// The application state.
+    pub state: AppState,
+    /// The Workload API source (trust bundles and the server's own SVIDs); shut it down last.
+    pub source: Arc<spiffe::JwtSource>,
+}
+
+/// Connects to the Workload API, opens the audit log and builds the state (no listener yet).
 ///
 /// # Errors
 ///
 /// [`RunError`] naming the step that failed.
-pub async fn run(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
+pub async fn assemble(settings: &Settings) -> Result<Assembled, RunError> {
     settings.validate()?;
     for w in settings.warnings() {
         tracing::warn!("{w}");
@@ -124,19 +130,38 @@ pub async fn run(
             request_timeout: settings.request_timeout,
         },
     );
-    let sweeper = settings.expiry_sweep.map(|every| {
-        let st = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = st.service().sweep_expired().await {
-                    tracing::warn!(error = %chain(&e), "expiry sweep failed");
-                }
+    Ok(Assembled { state, source })
+}
+
+/// Revokes expired secrets every `every` until the task is aborted.
+pub fn spawn_expiry_sweep(state: AppState, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match state.service().sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(revoked = n, "expiry sweep"),
+                Err(e) => tracing::warn!(error = %chain(&e), "expiry sweep failed"),
             }
-        })
-    });
+        }
+    })
+}
+
+/// Starts the server with `settings` and runs it until `shutdown` completes.
+///
+/// # Errors
+///
+/// [`RunError`] naming the step that failed.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let Assembled { state, source } = assemble(&settings).await?;
+    let sweeper = settings
+        .expiry_sweep
+        .map(|every| spawn_expiry_sweep(state.clone(), every));
     let tcp = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -159,5 +184,6 @@ pub async fn run(
         s.abort();
     }
     source.shutdown().await;
+    tracing::info!("stopped");
     result.map_err(RunError::Serve)
 }

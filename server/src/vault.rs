@@ -682,6 +682,32 @@ impl Vault {
     }
 }
 
+/// A POST of a JSON body to an API path, for requests whose exact body shape matters.
+struct JsonPost {
+    path: String,
+    body: serde_json::Value,
+}
+
+impl rustify::Endpoint for JsonPost {
+    type Response = ();
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType = rustify::enums::RequestType::JSON;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = rustify::enums::ResponseType::JSON;
+
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        rustify::enums::RequestMethod::POST
+    }
+
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        serde_json::to_vec(&self.body)
+            .map(Some)
+            .map_err(|e| rustify::errors::ClientError::DataParseError { source: e.into() })
+    }
+}
+
 fn ignore_not_found(r: Result<(), VaultError>) -> Result<(), VaultError> {
     match r {
         Err(e) if e.is_not_found() => Ok(()),
@@ -719,7 +745,7 @@ fn build_client(settings: &VaultSettings, token: &str) -> Result<VaultClient, Va
 #[async_trait]
 impl VaultBackend for Vault {
     async fn write_policy(&self, name: &RoleName, hcl: &str) -> Result<(), VaultError> {
-        let path = format!("sys/policies/acl/{name}");
+        let path = format!("sys/policy/{name}");
         self.call("write policy", &path, |c| async move {
             vaultrs::sys::policy::set(c.as_ref(), name.as_str(), hcl).await
         })
@@ -727,7 +753,7 @@ impl VaultBackend for Vault {
     }
 
     async fn delete_policy(&self, name: &RoleName) -> Result<(), VaultError> {
-        let path = format!("sys/policies/acl/{name}");
+        let path = format!("sys/policy/{name}");
         ignore_not_found(
             self.call("delete policy", &path, |c| async move {
                 vaultrs::sys::policy::delete(c.as_ref(), name.as_str()).await
@@ -740,25 +766,26 @@ impl VaultBackend for Vault {
         let mount = &self.settings.auth_mount;
         let path = format!("auth/{mount}/role/{}", role.name);
         let s = &self.settings;
-        self.call("write role", &path, |c| async move {
-            let mut opts = vaultrs::api::auth::oidc::requests::SetRoleRequest::builder();
-            opts.role_type("jwt")
-                .bound_subject(role.bound_subject.as_str())
-                .bound_audiences(vec![s.audience.clone()])
-                .token_policies(vec![role.policy.to_string()])
-                .token_ttl(format!("{}s", s.reader_token_ttl.as_secs()))
-                .token_max_ttl(format!("{}s", s.reader_token_ttl.as_secs()))
-                .token_num_uses(u64::from(s.reader_token_num_uses))
-                .token_type("service");
-            vaultrs::auth::oidc::role::set(
-                c.as_ref(),
-                mount,
-                role.name.as_str(),
-                "sub",
-                Vec::new(),
-                Some(&mut opts),
-            )
-            .await
+        // List parameters go as single strings: the server policy pins them with
+        // allowed_parameters, which matches strings, not JSON arrays (see hpcs-server.hcl).
+        let body = serde_json::json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_subject": role.bound_subject.as_str(),
+            "bound_audiences": s.audience,
+            "token_policies": role.policy.as_str(),
+            "token_ttl": format!("{}s", s.reader_token_ttl.as_secs()),
+            "token_max_ttl": format!("{}s", s.reader_token_ttl.as_secs()),
+            "token_num_uses": s.reader_token_num_uses,
+            "token_type": "service",
+        });
+        let api_path = format!("/{path}");
+        self.call("write role", &path, |c| {
+            let endpoint = JsonPost {
+                path: api_path.clone(),
+                body: body.clone(),
+            };
+            async move { vaultrs::api::exec_with_empty(c.as_ref(), endpoint).await }
         })
         .await
     }
@@ -895,7 +922,7 @@ mod tests {
         let s = VaultSettings::with_defaults("http://127.0.0.1:8200".parse().unwrap());
         let p = server_policy(&s, &"hpcs.test".parse().unwrap());
         assert!(!p.contains('@'), "{p}");
-        assert!(p.contains("path \"sys/policies/acl/hpcs-secret-*\""));
+        assert!(p.contains("path \"sys/policy/hpcs-secret-*\""));
         assert!(p.contains("spiffe://hpcs.test/hpcs/secret/*"));
         assert!(!p.contains("sudo"));
     }
