@@ -12,21 +12,13 @@ use sha2::{Digest, Sha256};
 pub struct Env(pub HashMap<String, String>);
 
 impl Env {
-    /// Load the stack env file; `None` (print "skipped") when the developer opted out.
+    /// Load the stack env file through the shared test support (which names `scripts/test-stack
+    /// up` when it is missing); `None` (it prints "skipped") when the developer opted out.
     pub fn load() -> Option<Self> {
-        let path = std::env::var("HPCS_STACK_ENV")
-            .unwrap_or_else(|_| format!("{}/../.stack/env", env!("CARGO_MANIFEST_DIR")));
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Some(Self(parse_env(&text))),
-            Err(e) => {
-                let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-                if !ci && std::env::var("HPCS_ALLOW_NO_STACK").is_ok_and(|v| v == "1") {
-                    eprintln!("skipped: no test stack ({path}: {e})");
-                    return None;
-                }
-                panic!("test stack env {path} not readable ({e}): run `scripts/test-stack up`");
-            }
-        }
+        hpcs_test_support::Stack::load_or_skip()?;
+        let path = hpcs_test_support::env_file();
+        let text = std::fs::read_to_string(&path).unwrap();
+        Some(Self(hpcs_test_support::parse_env(&text)))
     }
 
     pub fn get(&self, key: &str) -> &str {
@@ -38,21 +30,6 @@ impl Env {
     pub fn opt(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
-}
-
-fn parse_env(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .map_or_else(|| v.to_owned(), |v| v.replace("'\\''", "'"));
-            (k.trim().to_owned(), v)
-        })
-        .collect()
 }
 
 pub async fn engine(env: &Env) -> DockerEngine {
