@@ -22,8 +22,8 @@
 //! character can never be `.`, so no name is `.`, `..` or a hidden file. The trailing `$` that
 //! HPCS accepted (Samba machine accounts) is refused: it is a shell metacharacter and no job runs
 //! as a machine account. Node names additionally allow `_` because Slurm node names and HPCS did.
-//! None of the rules admit `/`, whitespace, quotes or shell metacharacters, so every name is safe
-//! as a path component and inside a single-quoted shell word.
+//! None of the rules admit `/`, whitespace, quotes, shell metacharacters or `..` (not even inside
+//! a name), so every name is safe as a path component and inside a single-quoted shell word.
 //!
 //! # SPIFFE IDs
 //!
@@ -286,7 +286,21 @@ fn validate_posix(kind: &'static str, s: &str) -> Result<(), IdError> {
         is_posix_first,
         is_posix_rest,
         "a name starts with a-z or '_' and continues with a-z, 0-9, '_', '.' or '-'",
-    )
+    )?;
+    no_double_dot(kind, s)
+}
+
+/// `..` never appears, not even inside a name, so no name can be mistaken for or spliced into
+/// a parent-directory reference.
+fn no_double_dot(kind: &'static str, s: &str) -> Result<(), IdError> {
+    if s.contains("..") {
+        return Err(IdError::Invalid {
+            kind,
+            value: shorten(s),
+            reason: "it contains '..'",
+        });
+    }
+    Ok(())
 }
 
 fn validate_user(s: &str) -> Result<(), IdError> {
@@ -354,7 +368,8 @@ fn validate_artefact(s: &str) -> Result<(), IdError> {
         is_safe_first,
         is_safe_rest,
         "a name starts with A-Z, a-z, 0-9 or '_' and continues with those, '.' or '-'",
-    )
+    )?;
+    no_double_dot("artefact name", s)
 }
 
 fn validate_role(s: &str) -> Result<(), IdError> {
@@ -365,7 +380,8 @@ fn validate_role(s: &str) -> Result<(), IdError> {
         is_safe_first,
         is_safe_rest,
         "a name starts with A-Z, a-z, 0-9 or '_' and continues with those, '.' or '-'",
-    )
+    )?;
+    no_double_dot("role name", s)
 }
 
 fn validate_vault_path(s: &str) -> Result<(), IdError> {
@@ -378,6 +394,7 @@ fn validate_vault_path(s: &str) -> Result<(), IdError> {
         |c| is_safe_rest(c) || c == '/',
         "a path starts with A-Z, a-z, 0-9 or '_' and continues with those, '.', '-' or '/'",
     )?;
+    no_double_dot(KIND, s)?;
     for segment in s.split('/') {
         let reason = if segment.is_empty() {
             "it has an empty segment or a trailing '/'"
@@ -1119,6 +1136,7 @@ mod tests {
     #[case("a\nb", "contains '\\n'")]
     #[case("..", "contains '.'")]
     #[case("ålice", "contains 'å'")]
+    #[case("a..b", "it contains '..'")]
     fn user_names_bad(#[case] s: &str, #[case] msg: &str) {
         let err = s.parse::<UserName>().unwrap_err().to_string();
         assert!(err.contains(msg), "{err:?} does not contain {msg:?}");
@@ -1194,7 +1212,7 @@ mod tests {
     #[case("jp2a_input")]
     #[case("Image-1.2.tar")]
     #[case("_x")]
-    #[case("a..b")]
+    #[case("a.b.c")]
     fn artefact_names_ok(#[case] s: &str) {
         assert_eq!(s.parse::<ArtefactName>().unwrap().as_str(), s);
     }
@@ -1210,6 +1228,8 @@ mod tests {
     #[case("a'b", "contains '\\''")]
     #[case("a*", "contains '*'")]
     #[case("a\\b", "contains '\\\\'")]
+    #[case("a..b", "it contains '..'")]
+    #[case("x..", "it contains '..'")]
     fn artefact_names_bad(#[case] s: &str, #[case] msg: &str) {
         let err = s.parse::<ArtefactName>().unwrap_err().to_string();
         assert!(err.contains(msg), "{err:?} does not contain {msg:?}");
@@ -1237,6 +1257,7 @@ mod tests {
     #[case("hpcs/x/", false)]
     #[case("hpcs/../x", false)]
     #[case("hpcs/.x", false)]
+    #[case("hpcs/x..y", false)]
     #[case("hpcs/x y", false)]
     #[case("hpcs/x?list=1", false)]
     fn vault_paths(#[case] s: &str, #[case] ok: bool) {
@@ -1456,7 +1477,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn prop_user_round_trip(s in "[a-z_][a-z0-9_.-]{0,31}") {
+        fn prop_user_round_trip(s in "[a-z_][a-z0-9_.-]{0,31}".prop_filter("no ..", |s| !s.contains(".."))) {
             let u: UserName = s.parse().unwrap();
             prop_assert_eq!(u.to_string(), s);
             let json = serde_json::to_string(&u).unwrap();
@@ -1469,7 +1490,9 @@ mod tests {
         }
 
         #[test]
-        fn prop_artefact_round_trip(s in "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}") {
+        fn prop_artefact_round_trip(
+            s in "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}".prop_filter("no ..", |s| !s.contains("..")),
+        ) {
             prop_assert_eq!(s.parse::<ArtefactName>().unwrap().to_string(), s);
         }
 
@@ -1507,6 +1530,7 @@ mod tests {
                 prop_assert!(!v.contains(['/', ' ', '$', ';', '\'', '"']));
                 prop_assert!(v != "." && v != "..");
                 prop_assert!(!v.starts_with(['-', '.']));
+                prop_assert!(!v.contains(".."));
             }
         }
     }

@@ -867,10 +867,12 @@ mod tests {
             });
         let kind = prop_oneof![Just(ArtefactKind::Data), image];
         (
-            "[A-Za-z0-9_][A-Za-z0-9._-]{0,30}|true|null|1e3|0|yes",
+            "[A-Za-z0-9_][A-Za-z0-9._-]{0,30}|true|null|1e3|0|yes"
+                .prop_filter("no ..", |s| !s.contains("..")),
             kind,
             "(/[A-Za-z0-9 ._-]{0,8}[A-Za-z0-9_]){1,4}",
-            "[a-z0-9]{1,8}(/[a-z0-9_][a-z0-9._-]{0,8}){0,3}",
+            "[a-z0-9]{1,8}(/[a-z0-9_][a-z0-9._-]{0,8}){0,3}"
+                .prop_filter("no ..", |s| !s.contains("..")),
             "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
             any::<[u8; 32]>(),
             any::<u64>(),
