@@ -740,7 +740,11 @@ fn scan(text: &str, path: &Path, schema: &Schema) -> Result<Scanned, ConfigError
     let mut current: Option<(String, &SectionSchema)> = None;
     for (idx, raw_line) in text.lines().enumerate() {
         let line = idx + 1;
-        let trimmed = raw_line.trim();
+        let mut trimmed = raw_line.trim();
+        if trimmed.starts_with('[') {
+            // `[vault] ; comment`, as configparser accepts.
+            trimmed = strip_inline_comment(trimmed);
+        }
         let syntax = |reason: String| ConfigError::Syntax {
             path: path.to_owned(),
             line,
@@ -2012,7 +2016,7 @@ trust-domain = hpcs.test
   trust-domain = \"spiffe://hpcs.test\"   ; quoted, lenient
 Address = 'login.example.org'
 
-[hpcs-server]
+[hpcs-server] ; the API
 url = \"https://hpcs.example.org:10443/api\"
 timeout = 5m
 
@@ -2186,6 +2190,7 @@ identity-file = \"\"
         with_line(HPCS_CLIENT, "vault", "verify"),
         "test.ini:10: INI syntax error: variable assignment missing '='; expected `[section]`, `key = value` or a `;` comment"
     )]
+    #[case::header_junk(format!("{HPCS_CLIENT}[ssh] x\n"), "test.ini:15: INI syntax error: section missing ']'")]
     #[case::unclosed(format!("{HPCS_CLIENT}[ssh\n"), "test.ini:15: INI syntax error: section missing ']'")]
     #[case::missing_section(HPCS_CLIENT.replace("[vault]\nurl = http://localhost:8200\n", ""), "test.ini: missing section [vault]")]
     #[case::missing_key(HPCS_CLIENT.replace("username = etellier\n", ""), "test.ini: missing key `username` in [supercomputer]")]
