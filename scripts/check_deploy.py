@@ -399,18 +399,93 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_openbao(report: Report, repo: Path) -> None:
-    conf = repo / "compose/server/config/openbao.hcl"
-    name = "openbao.hcl runs a real OpenBao (init, unseal, audit device)"
-    bao = shutil.which("bao", path=str(Path(sys.executable).parent))
-    if not conf.exists():
-        report.skip(name, "compose/server/config/openbao.hcl does not exist")
-        return
-    if not bao:
-        report.skip(name, "no bao binary in the tools virtualenv")
-        return
+def run_openbao(bao: str, config: str, tmp: Path, ca: Path | None) -> None:
+    """Starts OpenBao with `config` (already mapped to `tmp`), initialises and unseals it, and
+    checks raft storage and a working declared file audit device; stops it again."""
+    scheme = "https" if ca else "http"
+    api = next(
+        line.split('"')[1]
+        for line in config.splitlines()
+        if line.strip().startswith("address") and "127.0.0.1" in line
+    )
+    (tmp / "openbao.hcl").write_text(config)
+    env = dict(os.environ, BAO_ADDR=f"{scheme}://{api}")
+    env.pop("BAO_TOKEN", None)
+    if ca:
+        env["BAO_CACERT"] = str(ca)
+    log = (tmp / "server.log").open("w")
+    server = subprocess.Popen(
+        [bao, "server", f"-config={tmp / 'openbao.hcl'}"], stdout=log, stderr=log, env=env
+    )
 
-    def run() -> None:
+    def bao_json(command: list[str], *arguments: str) -> dict[str, Any]:
+        # Flags before arguments; arguments (keys) are never echoed in errors.
+        out = subprocess.run(
+            [bao, *command, "-format=json", *arguments],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert out.stdout.strip(), f"bao {' '.join(command)}: {out.stderr.strip()}"
+        return json.loads(out.stdout)
+
+    def retry(command: list[str]) -> dict[str, Any]:
+        last = ""
+        for _ in range(100):
+            assert server.poll() is None, (tmp / "server.log").read_text()[-2000:]
+            try:
+                return bao_json(command)
+            except (AssertionError, json.JSONDecodeError) as e:
+                last = str(e)
+                time.sleep(0.1)
+        raise AssertionError(f"bao {' '.join(command)} never answered: {last}")
+
+    try:
+        status = retry(["status"])
+        assert status.get("storage_type") == "raft", f"storage is {status.get('storage_type')}"
+        assert status.get("initialized") is False
+        init = bao_json(["operator", "init", "-key-shares=1", "-key-threshold=1"])
+        unsealed = bao_json(["operator", "unseal"], init["unseal_keys_b64"][0])
+        assert unsealed.get("sealed") is False, "unseal failed"
+        env["BAO_TOKEN"] = init["root_token"]
+        audits = retry(["audit", "list"])
+        assert "file/" in audits, f"no declared file audit device: {sorted(audits)}"
+        assert any(p.name.endswith(".log") for p in tmp.rglob("*") if p.parent.name in ("logs", "audit")), (
+            "the audit log was not written"
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (openssl), for OpenBao's TLS listener."""
+    ca_key, ca, key, crt, csr = (tmp / n for n in ("ca.key", "ca.pem", "tls.key", "tls.crt", "tls.csr"))
+    ext = tmp / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (
+        ["req", "-x509", *ec, "-days", "1", "-subj", "/CN=check-deploy CA", "-keyout", ca_key, "-out", ca],
+        ["req", "-new", *ec, "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-days", "1", "-extfile", ext, "-out", crt],
+    ):
+        out = subprocess.run(["openssl", *map(str, cmd)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    return ca, crt, key
+
+
+def check_openbao(report: Report, repo: Path) -> None:
+    bao = shutil.which("bao", path=str(Path(sys.executable).parent))
+    compose_conf = repo / "compose/server/config/openbao.hcl"
+    chart_values = repo / "deploy/helm/openbao-values.yaml"
+
+    def compose() -> None:
         with tempfile.TemporaryDirectory(prefix="hpcs-bao-") as tmp:
             t = Path(tmp)
             (t / "file").mkdir()
@@ -418,69 +493,49 @@ def check_openbao(report: Report, repo: Path) -> None:
             api, cluster = free_port(), free_port()
             # The file as shipped, with the container's paths and addresses mapped to this host.
             text = (
-                conf.read_text()
+                compose_conf.read_text()
                 .replace("/openbao/file", str(t / "file"))
                 .replace("/openbao/logs", str(t / "logs"))
                 .replace("0.0.0.0:8200", f"127.0.0.1:{api}")
                 .replace("http://openbao:8200", f"http://127.0.0.1:{api}")
                 .replace("http://openbao:8201", f"http://127.0.0.1:{cluster}")
             )
-            (t / "openbao.hcl").write_text(text)
-            env = dict(os.environ, BAO_ADDR=f"http://127.0.0.1:{api}")
-            env.pop("BAO_TOKEN", None)
-            log = (t / "server.log").open("w")
-            server = subprocess.Popen(
-                [bao, "server", f"-config={t / 'openbao.hcl'}"], stdout=log, stderr=log, env=env
+            run_openbao(str(bao), text, t, None)
+
+    def chart() -> None:
+        values = yaml.safe_load(chart_values.read_text())
+        config = values["server"]["ha"]["raft"]["config"]
+        with tempfile.TemporaryDirectory(prefix="hpcs-bao-") as tmp:
+            t = Path(tmp)
+            (t / "data").mkdir()
+            (t / "audit").mkdir()
+            ca, crt, key = self_signed(t)
+            api, cluster = free_port(), free_port()
+            text = (
+                config.replace("[::]:8200", f"127.0.0.1:{api}")
+                .replace("[::]:8201", f"127.0.0.1:{cluster}")
+                .replace("/openbao/userconfig/openbao-tls/tls.crt", str(crt))
+                .replace("/openbao/userconfig/openbao-tls/tls.key", str(key))
+                .replace("/openbao/data", str(t / "data"))
+                .replace("/openbao/audit", str(t / "audit"))
+                # Needs a Kubernetes API; the chart sets api_addr and cluster_addr by environment.
+                .replace('service_registration "kubernetes" {}', "")
             )
-            try:
+            text += f'\napi_addr = "https://127.0.0.1:{api}"\ncluster_addr = "https://127.0.0.1:{cluster}"\n'
+            run_openbao(str(bao), text, t, ca)
 
-                def bao_json(command: list[str], *arguments: str) -> dict[str, Any]:
-                    # Flags before arguments; arguments (keys) are never echoed in errors.
-                    out = subprocess.run(
-                        [bao, *command, "-format=json", *arguments],
-                        capture_output=True,
-                        text=True,
-                        env=env,
-                        timeout=30,
-                    )
-                    assert out.stdout.strip(), f"bao {' '.join(command)}: {out.stderr.strip()}"
-                    return json.loads(out.stdout)
-
-                status: dict[str, Any] = {}
-                for _ in range(100):
-                    assert server.poll() is None, (t / "server.log").read_text()[-2000:]
-                    try:
-                        status = bao_json(["status"])
-                        break
-                    except (AssertionError, json.JSONDecodeError):
-                        time.sleep(0.1)
-                assert status, "OpenBao did not answer in 10 s"
-                assert status.get("storage_type") == "raft", f"storage is {status.get('storage_type')}"
-                assert status.get("initialized") is False
-                init = bao_json(["operator", "init", "-key-shares=1", "-key-threshold=1"])
-                unsealed = bao_json(["operator", "unseal"], init["unseal_keys_b64"][0])
-                assert unsealed.get("sealed") is False, "unseal failed"
-                env["BAO_TOKEN"] = init["root_token"]
-                for _ in range(100):
-                    try:
-                        audits = bao_json(["audit", "list"])
-                        break
-                    except (AssertionError, json.JSONDecodeError):
-                        time.sleep(0.1)
-                else:
-                    raise AssertionError("audit list never answered")
-                assert "file/" in audits, f"no declared file audit device: {sorted(audits)}"
-                assert any((t / "logs").iterdir()), "the audit log was not written"
-            finally:
-                server.terminate()
-                try:
-                    server.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-                log.close()
-
-    report.check(name, run)
+    for name, path, fn in (
+        ("compose openbao.hcl runs a real OpenBao (init, unseal, audit device)", compose_conf, compose),
+        ("deploy/helm/openbao-values.yaml config runs a real OpenBao (TLS, raft, audit)", chart_values, chart),
+    ):
+        if not path.exists():
+            report.skip(name, f"{path.relative_to(repo)} does not exist")
+        elif not bao:
+            report.skip(name, "no bao binary in the tools virtualenv")
+        elif fn is chart and not shutil.which("openssl"):
+            report.skip(name, "openssl is not installed")
+        else:
+            report.check(name, fn)
 
 
 # ---------------------------------------------------------------------------------------------
