@@ -868,12 +868,22 @@ fn strip_inline_comment(value: &str) -> &str {
 /// The closest known name, if it is plausibly a typo.
 fn suggest(input: &str, known: &[&'static str]) -> Option<&'static str> {
     let normalized = input.replace('_', "-").to_ascii_lowercase();
-    known
+    let close = known
         .iter()
         .map(|k| (edit_distance(&normalized, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 4))
         .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
+        .map(|(_, k)| k);
+    // `socket` for `socket-path`, `ca` for `ca-cert`: a shortened spelling of one known key.
+    close.or_else(|| {
+        let mut prefixed = known
+            .iter()
+            .filter(|k| k.starts_with(&format!("{normalized}-")));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(k), None) => Some(*k),
+            _ => None,
+        }
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -2312,6 +2322,14 @@ url = http://127.0.0.1:8200
     #[case::bad_name(
         "[node]\nname = n_1.-x\n[vault]\nurl = http://v\n",
         "[node] name: invalid value"
+    )]
+    #[case::short_key(
+        "[vault]\nurl = http://v\nca = /x\n[spire-agent]\ntrust-domain = td\n",
+        "unknown key `ca` in [vault]; did you mean `ca-cert`?"
+    )]
+    #[case::short_socket(
+        "[vault]\nurl = http://v\n[spire-agent]\nsocket = /x\n",
+        "unknown key `socket` in [spire-agent]; did you mean `socket-path`?"
     )]
     #[case::policy(
         "[policy]\nfile = x\n[vault]\nurl = http://v\n",
