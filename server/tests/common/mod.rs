@@ -597,3 +597,104 @@ pub async fn entries_of(stack: &Stack, spiffe_id: &str) -> Vec<hpcs_server::spir
         .await
         .unwrap()
 }
+
+/// Every SPIRE entry (all pages), as `type:value` selector lists with their SPIFFE IDs.
+pub async fn all_entries(stack: &Stack) -> Vec<(String, Vec<String>)> {
+    use hpcs_spire_api::server::entry::v1::ListEntriesRequest;
+    use hpcs_spire_api::server::entry::v1::entry_client::EntryClient;
+    let channel =
+        hpcs_spire_api::channel::connect_unix(&stack.admin_socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+    let mut client = EntryClient::new(channel);
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let res = client
+            .list_entries(ListEntriesRequest {
+                filter: None,
+                output_mask: None,
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for e in res.entries {
+            let id = e
+                .spiffe_id
+                .map(|i| format!("spiffe://{}{}", i.trust_domain, i.path))
+                .unwrap_or_default();
+            let sels = e
+                .selectors
+                .iter()
+                .map(|s| format!("{}:{}", s.r#type, s.value))
+                .collect();
+            out.push((id, sels));
+        }
+        if res.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = res.next_page_token;
+    }
+}
+
+/// A private `bao server -dev` that a test may stop.
+pub struct PrivateBao {
+    pub addr: String,
+    pub token: String,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBao {
+    /// Starts one from `HPCS_BAO_BIN` on a free loopback port.
+    pub async fn start(stack: &Stack) -> Self {
+        let bin = stack
+            .bao_bin
+            .clone()
+            .expect("HPCS_BAO_BIN is needed for a private OpenBao: run `scripts/test-stack up`");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let token = format!("root-{}", ns());
+        let child = Command::new(bin)
+            .args(["server", "-dev"])
+            .arg(format!("-dev-root-token-id={token}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("http://127.0.0.1:{port}");
+        let bao = Self {
+            addr,
+            token,
+            child: Some(child),
+        };
+        for _ in 0..100 {
+            if let Ok(r) = reqwest::get(format!("{}/v1/sys/health", bao.addr)).await
+                && r.status().is_success()
+            {
+                return bao;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("private OpenBao did not become ready on {}", bao.addr);
+    }
+
+    /// Kills it (SIGKILL: as abrupt as a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBao {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
