@@ -20,6 +20,7 @@
 //!
 //! | client | daemon |
 //! |---|---|
+//! | (connects) | `{"op":"hello","user":"alice","job":"123"}` or an error, then closes |
 //! | `{"op":"open","open":{...}}` | `{"op":"opened","scratch":{...}}` |
 //! | `{"op":"image","len":N}` + N bytes, repeated; then `{"op":"image_end"}` or `{"op":"image_abort","error":"..."}` | `{"op":"loaded","image":"sha256:..."}` |
 //! | `{"op":"run","what":{"app":{"args":[...]}}}` or `{"op":"run","what":{"hook":{"phase":"input","name":"..."}}}` | `{"op":"out","stream":"stdout","len":N}` + N bytes, repeated; `{"op":"exited","code":0}` |
@@ -88,6 +89,13 @@ pub enum ClientMsg {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DaemonMsg {
+    /// Sent first: who the daemon takes the caller to be.
+    Hello {
+        /// User name.
+        user: String,
+        /// Slurm job id, if the caller is in a job cgroup.
+        job: Option<String>,
+    },
     /// Session open.
     Opened {
         /// The job's directories.
@@ -294,6 +302,13 @@ async fn serve_conn(
         }
     };
     tracing::info!(user = %caller.user, uid = caller.uid, job = ?caller.job, "connection");
+    let hello = DaemonMsg::Hello {
+        user: caller.user.clone(),
+        job: caller.job.as_ref().map(|j| j.id.clone()),
+    };
+    if write_msg(&mut wr, &hello, None).await.is_err() {
+        return;
+    }
     let mut session_config = config.session.clone();
     session_config.policy = policy;
     session_config.privileged = true;
@@ -532,13 +547,23 @@ impl BrokerClient {
                 source,
             })?;
         let (rd, wr) = stream.into_split();
-        Ok(Self {
+        let mut client = Self {
             socket: name,
             rd: BufReader::new(rd),
             wr,
             dirty: false,
             closed: false,
-        })
+        };
+        match client.recv().await? {
+            DaemonMsg::Hello { user, job } => {
+                tracing::info!(%user, ?job, "the daemon identified this job");
+                Ok(client)
+            }
+            other => {
+                client.closed = true;
+                Err(Self::unexpected(other))
+            }
+        }
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> ExecError + '_ {

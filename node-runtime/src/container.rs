@@ -444,13 +444,21 @@ impl Engine for DockerEngine {
             // Rootless engines cannot place containers in a foreign cgroup.
             spec.cgroup_parent = None;
         }
+        let mut body = spec.to_create_body();
+        if self.rootless
+            && let Some(hc) = body.host_config.as_mut()
+        {
+            // Rootless Podman: keep the user's own uid inside the user namespace, so files in
+            // /output belong to the user on the host (needs Podman's compat API; untested here).
+            hc.userns_mode = Some("keep-id".to_owned());
+        }
         let opts = CreateContainerOptions {
             name: Some(spec.name.clone()),
             platform: String::new(),
         };
         let created = self
             .control
-            .create_container(Some(opts), spec.to_create_body())
+            .create_container(Some(opts), body)
             .await
             .map_err(|source| EngineError::CreateContainer {
                 name: spec.name.clone(),

@@ -490,3 +490,44 @@ async fn sigterm_mid_run_leaves_nothing_behind() {
     assert!(!j.ns.workdir.join("output").exists());
     j.assert_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_refuses_root_and_callers_outside_a_job() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    // Production policy: callers must be inside a Slurm job cgroup (this stack uses
+    // proctrack/linuxproc, so none is).
+    let strict = j.ns.policy("[image:test]\nname = hpcs-node-e2e-*\n");
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &strict));
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &strict);
+    let out = run_as("alice", &ini, &j.args(&[], APP));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not inside a Slurm job cgroup"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("APP-RAN"));
+
+    // Root never gets a container, whatever the policy.
+    let policy = j.ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let args = j.args(&[], APP);
+    let out = e2e::output({
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hpcs-node"));
+        c.arg("--config").arg(&ini).args(&args);
+        c
+    });
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("refusing to run containers for uid/gid 0"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("APP-RAN"));
+    j.assert_clean().await;
+}
