@@ -57,71 +57,24 @@ pub struct Stack {
     pub uids: HashMap<&'static str, u32>,
 }
 
-fn stack_env() -> Option<HashMap<String, String>> {
-    let path = std::env::var_os("HPCS_STACK_ENV").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.stack/env"),
-        PathBuf::from,
-    );
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| {
-                let v = v.trim();
-                let v = v
-                    .strip_prefix('\'')
-                    .and_then(|v| v.strip_suffix('\''))
-                    .unwrap_or(v);
-                (k.trim().to_owned(), v.to_owned())
-            })
-            .collect(),
-    )
-}
-
-fn may_skip_without_stack() -> bool {
-    std::env::var("HPCS_ALLOW_NO_STACK").is_ok_and(|v| v == "1")
-        && !std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The stack, or `None` when the developer opted out (the test then returns early).
+/// The stack (through `hpcs_test_support`), or `None` when the developer opted out with
+/// `HPCS_ALLOW_NO_STACK=1` (the test then returns early).
 pub fn stack() -> Option<Stack> {
-    let env = match stack_env() {
-        Some(env) if env.contains_key("HPCS_DEVSPIRE_ADMIN_SOCKET") => env,
-        _ if may_skip_without_stack() => {
-            eprintln!("skipped: no test stack (HPCS_ALLOW_NO_STACK=1)");
-            return None;
-        }
-        _ => panic!(
-            "no test stack with OpenBao and devspire: run `scripts/test-stack up` (or set HPCS_STACK_ENV)"
-        ),
-    };
-    let get = |k: &str| {
-        env.get(k)
-            .cloned()
-            .unwrap_or_else(|| panic!("test stack env lacks {k}: run `scripts/test-stack up`"))
-    };
-    let nodes = [("node1", "NODE1"), ("node2", "NODE2"), ("laptop", "LAPTOP")];
+    let st = hpcs_test_support::Stack::load_or_skip()?;
+    let names = ["node1", "node2", "laptop"];
     Some(Stack {
-        bao_addr: get("HPCS_BAO_ADDR"),
-        bao_token: get("HPCS_BAO_TOKEN"),
-        bao_bin: env.get("HPCS_BAO_BIN").map(PathBuf::from),
-        trust_domain: get("HPCS_TRUST_DOMAIN"),
-        admin_socket: get("HPCS_DEVSPIRE_ADMIN_SOCKET").into(),
-        oidc_url: get("HPCS_DEVSPIRE_OIDC_URL"),
-        sockets: nodes
+        bao_addr: st.bao_addr.clone(),
+        bao_token: st.bao_token.clone(),
+        bao_bin: Some(st.bao_bin.clone()),
+        trust_domain: st.trust_domain.clone(),
+        admin_socket: st.devspire_admin_socket.clone(),
+        oidc_url: st.devspire_oidc_url.clone(),
+        sockets: names
             .iter()
-            .map(|(n, v)| (*n, get(&format!("HPCS_DEVSPIRE_AGENT_SOCKET_{v}")).into()))
+            .map(|n| (*n, st.agent(n).socket.clone()))
             .collect(),
-        agent_ids: nodes
-            .iter()
-            .map(|(n, v)| (*n, get(&format!("HPCS_DEVSPIRE_AGENT_ID_{v}"))))
-            .collect(),
-        uids: [
-            ("alice", get("HPCS_ALICE_UID").parse().unwrap()),
-            ("bob", get("HPCS_BOB_UID").parse().unwrap()),
-            ("root", 0),
-        ]
-        .into(),
+        agent_ids: names.iter().map(|n| (*n, st.agent(n).id.clone())).collect(),
+        uids: [("alice", st.alice.uid), ("bob", st.bob.uid), ("root", 0)].into(),
     })
 }
 
