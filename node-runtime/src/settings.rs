@@ -114,4 +114,14 @@ mod tests {
         std::fs::write(&p, "[node]\nbogus = 1\n").expect("write");
         assert!(load(&p).is_err());
     }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node");
+        let s = load(&root.join("node.ini")).expect("deploy/node/node.ini");
+        assert_eq!(s.broker_socket, Some(PathBuf::from("/run/hpcs-node.sock")));
+        let p =
+            crate::policy::Policy::load(&root.join("policy.ini")).expect("deploy/node/policy.ini");
+        assert_eq!(p.images_for_node("node1").count(), 2);
+    }
 }
