@@ -381,9 +381,9 @@ impl ImageGrant {
             .iter()
             .find(|r| {
                 r.digest.as_deref().is_none_or(|d| d == image_id)
-                    && r.name.as_deref().is_none_or(|p| {
-                        tags.iter().any(|t| t == &self.claimed) && glob_match(p, &self.claimed)
-                    })
+                    // The archive's own tags, if any, must satisfy the rule's name pattern as
+                    // well as the claim did.
+                    && r.name.as_deref().is_none_or(|p| tags.iter().all(|t| glob_match(p, t)))
             })
             .ok_or_else(|| PolicyError::Denied {
                 what: format!(
@@ -1052,8 +1052,9 @@ users = bob
         let bad = format!("sha256:{}", "b".repeat(64));
         assert!(grant.verify_loaded(&good, &["app:1".into()]).is_ok());
         assert!(grant.verify_loaded(&bad, &["app:1".into()]).is_err());
-        // The tarball must really carry the claimed name.
+        // The archive's own tags must satisfy the rule too.
         assert!(grant.verify_loaded(&good, &["other:1".into()]).is_err());
+        assert!(grant.verify_loaded(&good, &[]).is_ok());
     }
 
     #[rstest]

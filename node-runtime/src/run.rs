@@ -55,6 +55,9 @@ pub enum RunError {
         /// What is wrong.
         message: String,
     },
+    /// An info file failed the shared parser's checks.
+    #[error(transparent)]
+    InfoFile(#[from] hpcs_core::info::InfoError),
     /// The env file is unreadable or malformed.
     #[error("invalid env file {path}: {message}")]
     EnvFile {
@@ -267,9 +270,11 @@ pub struct ArtefactRef {
     /// The info file.
     pub info_path: PathBuf,
     /// `image` or `data`.
-    pub kind: String,
-    /// Image name (for images).
+    pub kind: &'static str,
+    /// Artefact name (for images: the name the policy's name rules see).
     pub name: String,
+    /// Image id the info file claims (images only); must equal what the engine reports.
+    pub image_digest: Option<String>,
     /// Ciphertext path.
     pub path_at_rest: PathBuf,
     /// The secret.
@@ -280,108 +285,61 @@ pub struct ArtefactRef {
     pub role: RoleName,
     /// KV path inside the mount.
     pub kv_path: String,
-    /// sha256 the info file claims, if any (compared with the record, never trusted).
-    pub claimed_sha256: Option<[u8; 32]>,
+    /// sha256 the info file claims (compared with the record, never trusted).
+    pub claimed_sha256: [u8; 32],
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct RawInfo {
-    kind: Option<String>,
-    name: Option<String>,
-    image: Option<String>,
-    path_at_rest: Option<String>,
-    secret_id: Option<String>,
-    secret_path: Option<String>,
-    access_role: Option<String>,
-    #[serde(rename = "spiffeID", alias = "spiffe_id")]
-    spiffe_id: Option<String>,
-    sha256: Option<String>,
-    checksum: Option<String>,
-}
-
-/// Read and validate an info file. Everything in it is untrusted; it only says what to ask for.
+/// Read an info file with the shared parser ([`hpcs_core::info::InfoFile`]) and check it
+/// against this node: the reader ID must be in `trust_domain` and `secret_path` must name that
+/// secret inside `kv_mount`. Everything in it stays a claim; it only says what to ask for.
 ///
 /// # Errors
 ///
 /// [`RunError::Info`] naming the field.
-pub fn read_info(path: &Path, trust_domain: &TrustDomain) -> Result<ArtefactRef, RunError> {
-    use std::io::Read as _;
+pub fn read_info(
+    path: &Path,
+    trust_domain: &TrustDomain,
+    kv_mount: &str,
+) -> Result<ArtefactRef, RunError> {
     let bad = |message: String| RunError::Info {
         path: path.to_owned(),
         message,
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_INFO_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| bad(e.to_string()))?;
-    if text.len() as u64 > MAX_INFO_BYTES {
-        return Err(bad("too large".into()));
-    }
-    let raw: RawInfo = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let reader: SecretReaderId = raw
-        .spiffe_id
-        .as_deref()
-        .ok_or_else(|| bad("spiffeID missing".into()))?
-        .parse::<hpcs_core::ids::SpiffeId>()
-        .map_err(|e| bad(format!("spiffeID: {e}")))
-        .and_then(|id| SecretReaderId::try_from(id).map_err(|e| bad(format!("spiffeID: {e}"))))?;
-    if reader.trust_domain() != trust_domain {
+    let info = hpcs_core::info::InfoFile::read(path)?;
+    if info.reader_id.trust_domain() != trust_domain {
         return Err(bad(format!(
             "spiffeID is not in trust domain {trust_domain}"
         )));
     }
-    let secret = reader.secret_id().clone();
-    if let Some(s) = &raw.secret_id
-        && s != secret.as_str()
-    {
-        return Err(bad("secret_id does not match spiffeID".into()));
-    }
-    // The KV path is the secret id; a `secret_path` may carry a mount prefix, nothing else.
-    let kv_path = secret.to_string();
-    if let Some(p) = &raw.secret_path
-        && p.rsplit('/').next() != Some(secret.as_str())
-    {
+    let secret = info.secret_id().clone();
+    // `secret_path` is `<mount>/data/<path>` (the API path) or `<mount>/<path>`; the path must end
+    // with the secret id, so a file cannot point the reader identity at a different record.
+    let full = info.secret_path.to_string();
+    let kv_path = full
+        .strip_prefix(&format!("{kv_mount}/data/"))
+        .or_else(|| full.strip_prefix(&format!("{kv_mount}/")))
+        .ok_or_else(|| bad(format!("secret_path is not in the KV mount {kv_mount}")))?
+        .to_owned();
+    if kv_path.rsplit('/').next() != Some(secret.as_str()) {
         return Err(bad(
             "secret_path does not name the secret in spiffeID".into()
         ));
     }
-    let role: RoleName = raw
-        .access_role
-        .as_deref()
-        .ok_or_else(|| bad("access_role missing".into()))?
-        .parse()
-        .map_err(|e| bad(format!("access_role: {e}")))?;
-    let path_at_rest = PathBuf::from(
-        raw.path_at_rest
-            .ok_or_else(|| bad("path_at_rest missing".into()))?,
-    );
-    let path_at_rest = if path_at_rest.is_absolute() {
-        path_at_rest
-    } else {
-        path.parent().unwrap_or(Path::new(".")).join(path_at_rest)
+    let image_digest = match &info.kind {
+        hpcs_core::info::ArtefactKind::Image(meta) => Some(meta.digest.to_string()),
+        _ => None,
     };
-    let claimed_sha256 = match raw.sha256.or(raw.checksum) {
-        Some(s) => {
-            let s = s.strip_prefix("sha256:").unwrap_or(&s).to_owned();
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(&s, &mut out)
-                .map_err(|_| bad("sha256 is not 64 hex digits".into()))?;
-            Some(out)
-        }
-        None => None,
-    };
-    let kind = raw.kind.unwrap_or_default();
-    let name = raw.image.or(raw.name).unwrap_or_default();
     Ok(ArtefactRef {
         info_path: path.to_owned(),
-        kind,
-        name,
-        path_at_rest,
+        kind: info.kind.as_str(),
+        name: info.name.to_string(),
+        image_digest,
+        path_at_rest: info.path_at_rest.as_path().to_owned(),
         secret,
-        reader,
-        role,
+        reader: info.reader_id.clone(),
+        role: info.access_role.clone(),
         kv_path,
-        claimed_sha256,
+        claimed_sha256: *info.ciphertext.sha256.as_bytes(),
     })
 }
 
@@ -507,8 +465,8 @@ async fn steps<X: Executor>(
     plan: &JobPlan,
     keys: &KeySource,
 ) -> Result<Outcome, RunError> {
-    let app = read_info(&plan.app_info, &plan.trust_domain)?;
-    if !app.kind.is_empty() && app.kind != "image" {
+    let app = read_info(&plan.app_info, &plan.trust_domain, &keys.kv_mount)?;
+    if app.kind != "image" {
         return Err(RunError::Info {
             path: app.info_path,
             message: format!("kind is {:?}, not image", app.kind),
@@ -518,8 +476,8 @@ async fn steps<X: Executor>(
         .data_infos
         .iter()
         .map(|p| {
-            let d = read_info(p, &plan.trust_domain)?;
-            if !d.kind.is_empty() && d.kind != "data" {
+            let d = read_info(p, &plan.trust_domain, &keys.kv_mount)?;
+            if d.kind != "data" {
                 return Err(RunError::Info {
                     path: p.clone(),
                     message: format!("kind is {:?}, not data", d.kind),
@@ -532,7 +490,7 @@ async fn steps<X: Executor>(
     // Policy first: nothing is fetched for a request the node would refuse.
     let open = OpenRequest {
         image: app.name.clone(),
-        image_digest: None,
+        image_digest: app.image_digest.clone(),
         request: plan.request.clone(),
         env: plan.env.clone(),
     };
@@ -599,6 +557,12 @@ async fn steps<X: Executor>(
         });
     }
     let image = loaded?;
+    if app.image_digest.as_deref().is_some_and(|d| d != image) {
+        return Err(RunError::Swapped {
+            path: app.info_path.clone(),
+            what: "image digest",
+        });
+    }
     tracing::info!(%image, "image loaded and authorised");
 
     let input_hooks = stage_hooks(plan.input_hooks.as_deref(), &scratch.hooks.join("input"))?;
@@ -678,7 +642,7 @@ async fn fetch_key(keys: &KeySource, a: &ArtefactRef, kind: &str) -> Result<Arte
             what: "kind",
         });
     }
-    if a.claimed_sha256.is_some_and(|c| c != key.sha256) {
+    if a.claimed_sha256 != key.sha256 {
         return Err(RunError::Swapped {
             path: a.info_path.clone(),
             what: "sha256",
@@ -759,21 +723,40 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let td: TrustDomain = "hpcs.test".parse().expect("td");
         let p = dir.path().join("app.info.yaml");
-        let good = "kind: image\nname: hpcs-test:busybox\npath_at_rest: app.tar.age\n\
-                    secret_path: hpcs/abc123\naccess_role: hpcs-secret-abc123\n\
-                    spiffeID: spiffe://hpcs.test/hpcs/secret/abc123\n";
-        std::fs::write(&p, good).expect("w");
-        let a = read_info(&p, &td).expect("info");
+        let sha = "ab".repeat(32);
+        let good = format!(
+            "info:\n  version: 1\n  kind: image\n  name: tool\n  path_at_rest: /scratch/app.tar.age\n  \
+             secret_path: hpcs/data/abc123\n  access_role: hpcs-secret-abc123\n  checksum: {sha}\n  \
+             spiffeID: spiffe://hpcs.test/hpcs/secret/abc123\n  sha256: {sha}\n  size: 10\n  \
+             owner: spiffe://hpcs.test/client/alice\n  created: 2026-01-31T12:00:00Z\n  \
+             secret_id: abc123\n  image:\n    digest: sha256:{}\n",
+            "c".repeat(64)
+        );
+        std::fs::write(&p, &good).expect("w");
+        let a = read_info(&p, &td, "hpcs").expect("info");
         assert_eq!(a.kv_path, "abc123");
-        assert_eq!(a.path_at_rest, dir.path().join("app.tar.age"));
-        assert_eq!(a.name, "hpcs-test:busybox");
+        assert_eq!(a.kind, "image");
+        assert_eq!(a.path_at_rest, PathBuf::from("/scratch/app.tar.age"));
+        assert_eq!(a.name, "tool");
+        assert_eq!(a.image_digest, Some(format!("sha256:{}", "c".repeat(64))));
+        assert!(
+            read_info(&p, &"other.td".parse().expect("td"), "hpcs")
+                .unwrap_err()
+                .to_string()
+                .contains("trust domain")
+        );
+        assert!(
+            read_info(&p, &td, "kv2")
+                .unwrap_err()
+                .to_string()
+                .contains("not in the KV mount kv2")
+        );
         for (bad, want) in [
             (
-                good.replace("hpcs.test/hpcs/secret", "other.td/hpcs/secret"),
-                "trust domain",
-            ),
-            (
-                good.replace("secret_path: hpcs/abc123", "secret_path: hpcs/other"),
+                good.replace(
+                    "secret_path: hpcs/data/abc123",
+                    "secret_path: hpcs/data/other",
+                ),
                 "secret_path",
             ),
             (
@@ -786,7 +769,7 @@ mod tests {
             ),
         ] {
             std::fs::write(&p, bad).expect("w");
-            let err = read_info(&p, &td).unwrap_err().to_string();
+            let err = read_info(&p, &td, "hpcs").unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
     }

@@ -32,7 +32,8 @@ struct Job {
 async fn job(env: &common::Env) -> Job {
     let ns = Ns::new(env).await;
     let engine = common::engine(env).await;
-    let tag = format!("hpcs-node-e2e-{}:1", ns.id);
+    let name = format!("hpcs-node-e2e-{}", ns.id);
+    let tag = format!("{name}:1");
     let (image_tar, image_id) = common::unique_image_archive(
         &engine,
         env.get("HPCS_TEST_IMAGE"),
@@ -43,9 +44,9 @@ async fn job(env: &common::Env) -> Job {
     let img_secret = format!("img-{}", ns.id);
     let data_secret = format!("data-{}", ns.id);
     let (app_info, img_rec) =
-        e2e::encrypt_artefact(&ns, "app", "image", &tag, &img_secret, &image_tar);
+        e2e::encrypt_artefact(&ns, "app", &name, Some(&image_id), &img_secret, &image_tar);
     let (data_info, data_rec) =
-        e2e::encrypt_artefact(&ns, "data", "data", "input", &data_secret, &e2e::data_tar());
+        e2e::encrypt_artefact(&ns, "data", "input", None, &data_secret, &e2e::data_tar());
     ns.register_secret(&img_secret, img_rec).await;
     ns.register_secret(&data_secret, data_rec).await;
     let alice = format!("uid:{}", env.get("HPCS_ALICE_UID"));
@@ -267,7 +268,8 @@ async fn tampered_or_swapped_artefacts_abort_before_running() {
     // 2. The image info swapped for one naming the data ciphertext (its own sha256 claim
     //    fixed up): the digest comes from Vault, so this fails before anything runs.
     let info = std::fs::read_to_string(&j.app_info).unwrap();
-    let swapped = info.replace("path_at_rest: app.tar.age", "path_at_rest: data.tar.age");
+    let swapped = info.replace("/app.tar.age", "/data.tar.age");
+    assert_ne!(swapped, info);
     std::fs::write(&j.app_info, &swapped).unwrap();
     let out = run_as("alice", &ini, &j.args(&[], APP));
     assert_eq!(out.code, 1, "{}", out.stderr);
@@ -280,19 +282,14 @@ async fn tampered_or_swapped_artefacts_abort_before_running() {
     );
 
     // 3. An info file whose checksum disagrees with the record is refused as swapped.
-    let data_info = std::fs::read_to_string(&j.data_info).unwrap();
-    let sha_line = data_info
-        .lines()
-        .find(|l| l.starts_with("sha256: "))
-        .unwrap();
-    std::fs::write(
-        &j.app_info,
-        info.replace(
-            info.lines().find(|l| l.starts_with("sha256: ")).unwrap(),
-            sha_line,
-        ),
-    )
-    .unwrap();
+    let sha_of = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("sha256: ").map(str::to_owned))
+            .unwrap()
+    };
+    let data_sha = sha_of(&std::fs::read_to_string(&j.data_info).unwrap());
+    // checksum and sha256 must agree in the file, so both are replaced.
+    std::fs::write(&j.app_info, info.replace(&sha_of(&info), &data_sha)).unwrap();
     let out = run_as("alice", &ini, &j.args(&[], APP));
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
@@ -311,11 +308,12 @@ async fn unauthorised_image_is_refused_before_any_key_fetch() {
     };
     let ns = Ns::new(&env).await;
     // No Vault role, no SPIRE entry: a key fetch would fail with a different message.
+    let digest = format!("sha256:{}", "e".repeat(64));
     let (app_info, _) = e2e::encrypt_artefact(
         &ns,
         "app",
-        "image",
-        "evil/miner:latest",
+        "evil-miner",
+        Some(&digest),
         &format!("img-{}", ns.id),
         b"x",
     );
@@ -342,7 +340,7 @@ async fn unauthorised_image_is_refused_before_any_key_fetch() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("denied by policy: image \"evil/miner:latest\" on node node1"),
+            .contains("denied by policy: image \"evil-miner\" on node node1"),
         "{}",
         out.stderr
     );

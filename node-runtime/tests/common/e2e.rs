@@ -250,12 +250,13 @@ pub async fn register_entry(env: &Env, secret: &str, node: &str, selector: &str)
     }
 }
 
-/// An age-encrypted artefact in the workdir plus its info file; returns (info path, record).
+/// An age-encrypted artefact in the workdir plus its info file (the shared format); returns
+/// (info path, Vault record). `image_digest` makes it an image artefact.
 pub fn encrypt_artefact(
     ns: &Ns,
-    name: &str,
-    kind: &str,
-    image_name: &str,
+    file: &str,
+    artefact_name: &str,
+    image_digest: Option<&str>,
     secret: &str,
     plaintext: &[u8],
 ) -> (PathBuf, serde_json::Value) {
@@ -267,19 +268,25 @@ pub fn encrypt_artefact(
     w.write_all(plaintext).unwrap();
     w.finish().unwrap();
     let sha = hex::encode(Sha256::digest(&ct));
-    let ct_path = ns.workdir.join(format!("{name}.tar.age"));
+    let ct_path = ns.workdir.join(format!("{file}.tar.age"));
     std::fs::write(&ct_path, &ct).unwrap();
+    let (kind, image) = match image_digest {
+        Some(d) => ("image", format!("  image:\n    digest: {d}\n")),
+        None => ("data", String::new()),
+    };
     let info = format!(
-        "version: 1\nkind: {kind}\nname: {image_name}\npath_at_rest: {name}.tar.age\n\
-         secret_path: {}/{secret}\naccess_role: {}\nspiffeID: spiffe://{}/hpcs/secret/{secret}\n\
-         sha256: {sha}\nsize: {}\nowner: spiffe://{}/client/alice\n",
+        "info:\n  version: 1\n  kind: {kind}\n  name: {artefact_name}\n  path_at_rest: {}\n  \
+         secret_path: {}/data/{secret}\n  access_role: {}\n  checksum: {sha}\n  \
+         spiffeID: spiffe://{}/hpcs/secret/{secret}\n  sha256: {sha}\n  size: {}\n  \
+         owner: spiffe://{}/client/alice\n  created: 2026-01-31T12:00:00Z\n  secret_id: {secret}\n{image}",
+        ct_path.display(),
         ns.kv_mount,
         role_name(secret),
         ns.td,
         ct.len(),
         ns.td,
     );
-    let info_path = ns.workdir.join(format!("{name}.info.yaml"));
+    let info_path = ns.workdir.join(format!("{file}.info.yaml"));
     std::fs::write(&info_path, info).unwrap();
     use age::secrecy::ExposeSecret as _;
     let record = serde_json::json!({
