@@ -1,10 +1,10 @@
 //! Ciphertext in, plaintext only where it belongs; plaintext out, ciphertext only.
 //!
-//! - [`open_verified`]: a ciphertext file read through a verifier that hashes every byte and,
-//!   at the end, compares the sha256 and the size with the values from Vault's record; any
-//!   difference is an I/O error at that point, so a consumer never sees a clean end of a tampered
-//!   or swapped ciphertext. Decryption runs on top of it, streaming (age STREAM authenticates
-//!   each 64 KiB chunk, the verifier the whole file).
+//! - [`open_verified`]: a ciphertext file decrypted by the shared streaming decryptor, which
+//!   hashes every byte and, at the end, compares the sha256 and the size with the values from
+//!   Vault's record; any difference is an I/O error at that point, so a consumer never sees a
+//!   clean end of a tampered or swapped ciphertext (age STREAM authenticates each 64 KiB chunk,
+//!   the digest the whole file).
 //! - [`unpack_data`]: a data archive unpacked into the job's private directory, refusing absolute
 //!   paths, `..`, links that leave the tree, device files and fifos, and never following a link
 //!   while writing.
@@ -14,12 +14,13 @@
 //! All of these are blocking; callers run them with `spawn_blocking`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
-use sha2::{Digest, Sha256};
+use hpcs_core::crypto::{CipherSummary, Sha256Digest};
+use hpcs_core::secret::AgeIdentity;
 
 /// Errors of the artefact pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ pub enum ArtefactError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: age::DecryptError,
+        source: Box<hpcs_core::crypto::CryptoError>,
     },
     /// The data archive is unsafe or unreadable.
     #[error("refused data archive entry {entry}: {reason}")]
@@ -92,93 +93,10 @@ pub struct Expected {
     pub size: u64,
 }
 
-/// Hash and byte count of a ciphertext as it is read.
-#[derive(Debug)]
-struct Verifier {
-    hasher: Sha256,
-    read: u64,
-    expected: Expected,
-}
-
-impl Verifier {
-    fn update(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.read += data.len() as u64;
-        if self.read > self.expected.size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "ciphertext is longer than the key record says",
-            ));
-        }
-        self.hasher.update(data);
-        Ok(())
-    }
-
-    fn check(&self) -> std::io::Result<()> {
-        let digest: [u8; 32] = self.hasher.clone().finalize().into();
-        if self.read != self.expected.size || digest != self.expected.sha256 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "ciphertext sha256 or size does not match the key record",
-            ));
-        }
-        Ok(())
-    }
-}
-
-type Shared = std::sync::Arc<std::sync::Mutex<Verifier>>;
-
-fn lock(v: &Shared) -> std::sync::MutexGuard<'_, Verifier> {
-    v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The ciphertext side: every byte age reads is hashed and counted.
-struct VerifyingReader {
-    file: File,
-    state: Shared,
-}
-
-impl Read for VerifyingReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
-        lock(&self.state).update(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-/// The plaintext side: at the end of the plaintext, the rest of the ciphertext (age may stop
-/// before the file's end) is read into the verifier, and the end is reported only if the whole
-/// file matches the record.
-struct VerifiedEnd<R> {
-    plaintext: R,
-    rest: File,
-    state: Shared,
-    checked: bool,
-}
-
-impl<R: Read> Read for VerifiedEnd<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.checked {
-            return Ok(0);
-        }
-        let n = self.plaintext.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                // Shares the file offset with the reader age consumed.
-                let m = self.rest.read(&mut chunk)?;
-                if m == 0 {
-                    break;
-                }
-                lock(&self.state).update(&chunk[..m])?;
-            }
-            lock(&self.state).check()?;
-            self.checked = true;
-        }
-        Ok(n)
-    }
-}
-
-/// Open a ciphertext, check its size, and return a plaintext reader over a verifier.
+/// Open a ciphertext, check its size, and return a plaintext reader that verifies as it goes
+/// ([`hpcs_core::crypto::decrypt_reader`]): each age chunk is authenticated before release, an
+/// excess byte fails at once, and end-of-file is reported only when the whole file matched the
+/// record's sha256 and size.
 ///
 /// # Errors
 ///
@@ -201,37 +119,19 @@ pub fn open_verified(
             expected: expected.size,
         });
     }
-    let identity =
-        age::x25519::Identity::from_str(identity).map_err(|_| ArtefactError::BadIdentity)?;
-    let state: Shared = std::sync::Arc::new(std::sync::Mutex::new(Verifier {
-        hasher: Sha256::new(),
-        read: 0,
-        expected,
-    }));
-    let rest = file.try_clone().map_err(open_err)?;
-    let reader = VerifyingReader {
-        file,
-        state: state.clone(),
+    let identity = AgeIdentity::parse(identity).map_err(|_| ArtefactError::BadIdentity)?;
+    let summary = CipherSummary {
+        sha256: Sha256Digest::from_bytes(expected.sha256),
+        size: expected.size,
     };
-    let decryptor =
-        age::Decryptor::new(BufReader::with_capacity(256 * 1024, reader)).map_err(|source| {
+    let reader =
+        hpcs_core::crypto::decrypt_reader(file, &identity, Some(summary)).map_err(|source| {
             ArtefactError::Decrypt {
                 path: path.to_owned(),
-                source,
+                source: Box::new(source),
             }
         })?;
-    let plaintext = decryptor
-        .decrypt(std::iter::once(&identity as &dyn age::Identity))
-        .map_err(|source| ArtefactError::Decrypt {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(Box::new(VerifiedEnd {
-        plaintext,
-        rest,
-        state,
-        checked: false,
-    }))
+    Ok(Box::new(reader))
 }
 
 /// Unpack a data archive into `dest` (an existing, private directory). See the module docs.
@@ -434,6 +334,7 @@ pub fn seal_output(
 mod tests {
     use super::*;
     use rstest::rstest;
+    use sha2::{Digest, Sha256};
 
     fn encrypt(plain: &[u8]) -> (Vec<u8>, String, Expected) {
         let id = age::x25519::Identity::generate();
