@@ -496,6 +496,65 @@ async fn serve_conn(
     // Dropping the halves closes the connection: the client's confirmation.
 }
 
+/// Remove what a previous daemon on this scratch root left behind (it crashed or was killed
+/// with SIGKILL): containers with the runtime's label whose mounts come from `scratch_root`,
+/// their images (unless tagged or still in use), and `hpcs-*` job directories. Returns how many
+/// job directories were removed.
+///
+/// # Errors
+///
+/// The engine could not list containers.
+pub async fn sweep(
+    engine: &DockerEngine,
+    scratch_root: &Path,
+) -> Result<usize, crate::container::EngineError> {
+    use crate::container::Engine as _;
+    let opts = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{}=true", crate::container::MANAGED_LABEL)],
+        )])),
+        ..Default::default()
+    };
+    let list = engine
+        .docker()
+        .list_containers(Some(opts))
+        .await
+        .map_err(|source| crate::container::EngineError::Connect {
+            socket: "engine".into(),
+            source,
+        })?;
+    for c in list {
+        let ours = c.mounts.iter().flatten().any(|m| {
+            m.source
+                .as_deref()
+                .is_some_and(|s| Path::new(s).starts_with(scratch_root))
+        });
+        if let (true, Some(id)) = (ours, c.id) {
+            tracing::warn!(container = %id, "removing a container left by a previous daemon");
+            let _ = engine.remove_container(&id).await;
+            if let Some(image) = c.image_id {
+                let _ = engine.remove_image(&image).await;
+            }
+        }
+    }
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(scratch_root) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let is_job = name.to_str().is_some_and(|n| n.starts_with("hpcs-"));
+            if is_job && e.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::warn!(dir = %e.path().display(), "removing a job directory left by a previous daemon");
+                if crate::session::remove_scratch(&e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Bind the daemon socket: stale sockets are replaced, and the mode lets every local user
 /// connect (the daemon does its own authorisation on every connection).
 ///

@@ -325,9 +325,6 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<u8, Failure> {
             .await
             .map_err(fail)?,
     );
-    let listener = crate::broker::bind(&socket)
-        .with_context(|| format!("binding {}", socket.display()))
-        .map_err(fail)?;
     let config = crate::broker::DaemonConfig {
         policy_path: s.policy.clone(),
         session: SessionConfig {
@@ -341,6 +338,15 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<u8, Failure> {
         proc_root: args.proc_root.clone(),
     };
     std::fs::create_dir_all(&s.scratch_dir).map_err(fail)?;
+    // Nothing of a crashed predecessor may outlive it: its containers, images and plaintext.
+    match crate::broker::sweep(&engine, &s.scratch_dir).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(n, "removed job directories left by a previous daemon"),
+        Err(e) => tracing::error!(error = %e, "could not sweep leftovers of a previous daemon"),
+    }
+    let listener = crate::broker::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))
+        .map_err(fail)?;
     let shutdown = cancel_on_signals()?;
     tracing::info!(socket = %socket.display(), node = %s.name, "hpcs-node daemon listening");
     crate::broker::serve(listener, engine, config, shutdown).await;

@@ -529,3 +529,27 @@ async fn daemon_refuses_root_and_callers_outside_a_job() {
     assert!(!out.stdout.contains("APP-RAN"));
     j.assert_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_start_removes_leftovers_of_a_crashed_predecessor() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let ns = Ns::new(&env).await;
+    let leftover = ns.scratch.join("hpcs-123-deadbeef0000");
+    std::fs::create_dir_all(leftover.join("data")).unwrap();
+    std::fs::write(leftover.join("data/input.txt"), MARKER_DATA).unwrap();
+    let unrelated = ns.scratch.join("not-a-job");
+    std::fs::create_dir(&unrelated).unwrap();
+    let policy = ns.policy(POLICY);
+    let _daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
+    let t = Instant::now();
+    while leftover.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "leftover job directory not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unrelated.exists(), "only job directories are removed");
+}
