@@ -36,10 +36,10 @@ fn documented() -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
-fn check(file: &str, code: BTreeMap<&'static str, String>) {
+fn check(file: &str, code: &BTreeMap<&'static str, String>) {
     let docs = documented();
     let mut problems = Vec::new();
-    for (section, keys) in &code {
+    for (section, keys) in code {
         let Some(doc_keys) = docs.get(&(file.to_owned(), (*section).to_owned())) else {
             problems.push(format!("{file}: section [{section}] is not documented"));
             continue;
@@ -75,15 +75,15 @@ fn check(file: &str, code: BTreeMap<&'static str, String>) {
 
 #[test]
 fn client_keys_are_documented() {
-    check("Client", known_keys::<RawClientConfig>());
+    check("Client", &known_keys::<RawClientConfig>());
 }
 
 #[test]
 fn server_keys_are_documented() {
-    check("Server", known_keys::<RawServerConfig>());
+    check("Server", &known_keys::<RawServerConfig>());
 }
 
 #[test]
 fn node_keys_are_documented() {
-    check("Node", known_keys::<RawNodeConfig>());
+    check("Node", &known_keys::<RawNodeConfig>());
 }
