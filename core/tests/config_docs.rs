@@ -24,13 +24,13 @@ fn documented() -> BTreeMap<(String, String), BTreeSet<String>> {
                 .trim_matches(['[', ']'])
                 .to_owned();
             out.entry((file.clone(), section.clone())).or_default();
-        } else if let Some(rest) = line.strip_prefix("| `") {
-            if !section.is_empty() {
-                let key = rest.split('`').next().unwrap_or_default().to_owned();
-                out.entry((file.clone(), section.clone()))
-                    .or_default()
-                    .insert(key);
-            }
+        } else if let Some(rest) = line.strip_prefix("| `")
+            && !section.is_empty()
+        {
+            let key = rest.split('`').next().unwrap_or_default().to_owned();
+            out.entry((file.clone(), section.clone()))
+                .or_default()
+                .insert(key);
         }
     }
     out
