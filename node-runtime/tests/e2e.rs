@@ -437,6 +437,45 @@ async fn failing_input_hook_prevents_the_app() {
     j.assert_clean().await;
 }
 
+/// Start a long job as alice through a daemon, send `signal` to `hpcs-node` once the app's
+/// container runs, and return its exit status and stderr.
+async fn interrupt_mid_run(
+    j: &Job,
+    ini: &Path,
+    signal: nix::sys::signal::Signal,
+) -> (std::process::ExitStatus, String) {
+    let args = j.args(&[], "echo APP-STARTED; sleep 120");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = e2e::node_cmd("alice", ini, &args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let t = Instant::now();
+    while j.containers().await.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the app never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "hpcs-node did not stop after {signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_leaves_nothing_behind() {
     let Some(env) = common::Env::load() else {
@@ -446,46 +485,70 @@ async fn sigterm_mid_run_leaves_nothing_behind() {
     let policy = j.ns.policy(POLICY);
     let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
     let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
-    let args = j.args(&[], "echo APP-STARTED; sleep 120");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = e2e::node_cmd("alice", &ini, &args);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    // Wait until the app's container runs.
-    let t = Instant::now();
-    loop {
-        let running = !j.containers().await.is_empty();
-        if running {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the app never started"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "hpcs-node did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = interrupt_mid_run(&j, &ini, nix::sys::signal::Signal::SIGTERM).await;
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(!j.ns.workdir.join("output").exists());
+    j.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_gets_its_container_killed() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&j.ns, &j.ns.node_ini(&env, "node1", None, &policy));
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    // SIGKILL: no cleanup on the client side at all; the daemon sees the socket close.
+    let (status, _) = interrupt_mid_run(&j, &ini, nix::sys::signal::Signal::SIGKILL).await;
+    assert_eq!(status.code(), None);
+    j.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_runs_too_long_is_killed_and_fails_the_job() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let policy = j.ns.policy(POLICY);
+    let daemon_ini = j.ns.node_ini(&env, "node1", None, &policy);
+    let text = std::fs::read_to_string(&daemon_ini)
+        .unwrap()
+        .replace("hook-timeout = 20", "hook-timeout = 2");
+    std::fs::write(&daemon_ini, text).unwrap();
+    let daemon = e2e::Daemon::start(&j.ns, &daemon_ini);
+    let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let hooks = j.ns.dir.path().join("hooks-slow");
+    std::fs::create_dir(&hooks).unwrap();
+    let p = hooks.join("slow");
+    std::fs::write(
+        &p,
+        "#!/bin/sh
+echo HOOK-SLOW
+sleep 60
+",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let t = Instant::now();
+    let out = run_as(
+        "alice",
+        &ini,
+        &j.args(&["--input-hooks", &hooks.display().to_string()], APP),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the hook was not stopped"
+    );
+    assert!(
+        out.stderr.contains("input hook slow timed out after 2 s"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("APP-RAN"));
     j.assert_clean().await;
 }
 
