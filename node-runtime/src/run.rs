@@ -550,13 +550,20 @@ async fn steps<X: Executor>(
     });
     let loaded = exec.load_image(stream).await;
     let produced = producer.await.map_err(RunError::Join)?;
-    if let Err(source) = produced {
-        return Err(RunError::Decrypt {
-            artefact: app.info_path.display().to_string(),
-            source: Box::new(source),
-        });
-    }
-    let image = loaded?;
+    // When the engine side stopped reading first, the producer only saw a closed pipe: the
+    // engine's error is the cause. Otherwise a producer failure (decryption, digest) is.
+    let pipe_closed = matches!(&produced, Err(ArtefactError::Io { source, .. })
+        if source.kind() == std::io::ErrorKind::BrokenPipe);
+    let image = match (loaded, produced) {
+        (Err(e), Err(_)) if pipe_closed => return Err(e.into()),
+        (_, Err(source)) => {
+            return Err(RunError::Decrypt {
+                artefact: app.info_path.display().to_string(),
+                source: Box::new(source),
+            });
+        }
+        (loaded, Ok(_)) => loaded?,
+    };
     if app.image_digest.as_deref().is_some_and(|d| d != image) {
         return Err(RunError::Swapped {
             path: app.info_path.clone(),
