@@ -616,3 +616,100 @@ async fn daemon_start_removes_leftovers_of_a_crashed_predecessor() {
     }
     assert!(unrelated.exists(), "only job directories are removed");
 }
+
+/// Throughput and peak memory of the image path (not an assertion on speed; numbers go to
+/// docs/node-runtime.md). `cargo test -p hpcs-node --test e2e -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, run by hand"]
+async fn measure_large_image_path() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let ns = Ns::new(&env).await;
+    let engine = common::engine(&env).await;
+    let mib: usize = std::env::var("HPCS_MEASURE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    // Incompressible filler, so nothing along the way can shortcut it.
+    let mut filler = vec![0u8; mib << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in filler.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let name = format!("hpcs-node-e2e-{}", ns.id);
+    let (image_tar, image_id) = common::unique_image_archive(
+        &engine,
+        env.get("HPCS_TEST_IMAGE"),
+        &format!("{name}:1"),
+        &[("filler.bin", &filler)],
+    )
+    .await;
+    drop(filler);
+    let secret = format!("img-{}", ns.id);
+    let (app_info, rec) =
+        e2e::encrypt_artefact(&ns, "app", &name, Some(&image_id), &secret, &image_tar);
+    drop(image_tar);
+    ns.register_secret(&secret, rec).await;
+    e2e::register_entry(
+        &env,
+        &secret,
+        "node1",
+        &format!("uid:{}", env.get("HPCS_ALICE_UID")),
+    )
+    .await;
+    ns.chown_workdir(
+        env.get("HPCS_ALICE_UID").parse().unwrap(),
+        env.get("HPCS_ALICE_GID").parse().unwrap(),
+    );
+    let policy = ns.policy(POLICY);
+    let daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
+    let ini = ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let info = app_info.display().to_string();
+    let workdir = ns.workdir.display().to_string();
+    let args = [
+        "run",
+        "--application-info",
+        &info,
+        "--workdir",
+        &workdir,
+        "--output-recipient",
+        &recipient,
+        "--",
+        "true",
+    ];
+    let mut cmd = e2e::node_cmd("alice", &ini, &args);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let hwm = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+            })
+    };
+    let t = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let mut client_peak = String::new();
+    let status = loop {
+        if let Some(h) = hwm(child.id()) {
+            client_peak = h;
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let secs = t.elapsed().as_secs_f64();
+    assert!(status.success());
+    println!(
+        "image of {mib} MiB: run took {secs:.1} s ({:.0} MiB/s end to end); peak RSS client {client_peak}, daemon {}",
+        mib as f64 / secs,
+        hwm(daemon.child.id()).unwrap_or_default()
+    );
+}
