@@ -41,6 +41,29 @@ pub enum Command {
     /// Call a Workload API socket through the spiffe crate client, like `spire-agent api`.
     #[command(subcommand)]
     Api(ApiCommand),
+    /// Manage registration entries over the SPIRE Server API, like `spire-server entry`.
+    #[command(subcommand)]
+    Entry(EntryCommand),
+}
+
+/// Registration entry commands.
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Create an entry (an identical existing entry counts as success); prints its ID.
+    Create {
+        /// Admin socket of the running devspire.
+        #[arg(long, value_name = "PATH")]
+        admin_socket: PathBuf,
+        /// SPIFFE ID the entry issues.
+        #[arg(long, value_name = "ID")]
+        spiffe_id: String,
+        /// Parent: the agent SPIFFE ID whose socket serves it.
+        #[arg(long, value_name = "ID")]
+        parent_id: String,
+        /// Selector `type:value`, e.g. `unix:uid:1000` (repeat: all must match).
+        #[arg(long = "selector", value_name = "TYPE:VALUE", required = true)]
+        selectors: Vec<String>,
+    },
 }
 
 /// Flags of `serve`.

@@ -74,6 +74,78 @@ pub async fn rotate(admin_socket: &Path) -> Result<RotateJwtKeyResponse, ClientE
         })
 }
 
+/// Creates a registration entry through the SPIRE Server API; an identical existing entry
+/// counts as success. Returns the entry ID.
+///
+/// # Errors
+///
+/// A [`ClientError`] when the socket cannot be reached or the server refuses the entry.
+pub async fn create_entry(
+    admin_socket: &Path,
+    spiffe_id: &str,
+    parent_id: &str,
+    selectors: &[String],
+) -> Result<String, ClientError> {
+    use hpcs_spire_api::server::entry::v1::BatchCreateEntryRequest;
+    use hpcs_spire_api::server::entry::v1::entry_client::EntryClient;
+    use hpcs_spire_api::types::{Entry, Selector, Spiffeid};
+
+    let invalid = |message: String| ClientError::Call {
+        call: "BatchCreateEntry",
+        status: Box::new(tonic::Status::invalid_argument(message)),
+    };
+    let id = |s: &str| Spiffeid::from_uri(s).map_err(|e| invalid(format!("{s}: {e}")));
+    let selectors = selectors
+        .iter()
+        .map(|s| {
+            s.split_once(':')
+                .map(|(t, v)| Selector {
+                    r#type: t.to_owned(),
+                    value: v.to_owned(),
+                })
+                .ok_or_else(|| invalid(format!("selector {s:?}: expected TYPE:VALUE")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let entry = Entry {
+        spiffe_id: Some(id(spiffe_id)?),
+        parent_id: Some(id(parent_id)?),
+        selectors,
+        ..Entry::default()
+    };
+    let channel = hpcs_spire_api::channel::connect_unix(admin_socket, ADMIN_TIMEOUT)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: admin_socket.display().to_string(),
+            source,
+        })?;
+    let call = |status| ClientError::Call {
+        call: "BatchCreateEntry",
+        status: Box::new(status),
+    };
+    let response = EntryClient::new(channel)
+        .batch_create_entry(BatchCreateEntryRequest {
+            entries: vec![entry],
+            output_mask: None,
+        })
+        .await
+        .map_err(call)?
+        .into_inner();
+    let result = response
+        .results
+        .into_iter()
+        .next()
+        .ok_or_else(|| call(tonic::Status::internal("empty BatchCreateEntry response")))?;
+    let status = result.status.unwrap_or_default();
+    // 0 OK, 6 ALREADY_EXISTS (the existing entry is returned), as in SPIRE.
+    if status.code != 0 && status.code != 6 {
+        return Err(call(tonic::Status::new(
+            tonic::Code::from_i32(status.code),
+            status.message,
+        )));
+    }
+    Ok(result.entry.map(|e| e.id).unwrap_or_default())
+}
+
 /// A fetched JWT-SVID.
 #[derive(Debug, Serialize)]
 pub struct FetchedJwt {

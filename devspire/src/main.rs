@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use devspire::cli::{ApiCommand, Cli, Command};
+use devspire::cli::{ApiCommand, Cli, Command, EntryCommand};
 use devspire::config::Config;
 use devspire::server::Server;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,6 +36,18 @@ fn main() -> ExitCode {
         },
         Command::Rotate(args) => runtime.block_on(rotate(&args)),
         Command::Api(command) => runtime.block_on(api(command)),
+        Command::Entry(EntryCommand::Create {
+            admin_socket,
+            spiffe_id,
+            parent_id,
+            selectors,
+        }) => runtime.block_on(async {
+            let id =
+                devspire::client::create_entry(&admin_socket, &spiffe_id, &parent_id, &selectors)
+                    .await?;
+            println!("{id}");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -170,3 +170,67 @@ fn serve_is_ready_rotates_on_sighup_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     assert!(!admin.exists() && !node1.exists(), "sockets left behind");
 }
+
+/// `devspire entry create` registers an entry the way `spire-server entry create` does: the
+/// workload it selects then gets the SVID, a repeat is idempotent, bad input exits 1 with a reason.
+#[test]
+fn entry_create_registers_an_identity_for_the_selected_user() {
+    let stack = hpcs_test_support::Stack::load();
+    let laptop = stack.agent("laptop");
+    let id = format!(
+        "spiffe://{}/test/{}",
+        stack.trust_domain,
+        hpcs_test_support::ns("entry-cli")
+    );
+    let create = || {
+        Command::new(devspire_bin())
+            .args(["entry", "create", "--admin-socket"])
+            .arg(&stack.devspire_admin_socket)
+            .args(["--spiffe-id", &id, "--parent-id", &laptop.id])
+            .arg(format!("--selector=unix:uid:{}", stack.alice.uid))
+            .output()
+            .unwrap()
+    };
+    let first = create();
+    assert!(first.status.success(), "{first:?}");
+    let entry_id = String::from_utf8(first.stdout).unwrap();
+    assert!(!entry_id.trim().is_empty());
+    let again = create();
+    assert!(again.status.success());
+    assert_eq!(
+        String::from_utf8(again.stdout).unwrap(),
+        entry_id,
+        "idempotent"
+    );
+
+    let fetch = |user: &hpcs_test_support::TestUser| {
+        hpcs_test_support::run_as(user, devspire_bin())
+            .args(["api", "fetch-jwt", "--audience", "x", "--socket"])
+            .arg(&laptop.socket)
+            .output()
+            .unwrap()
+    };
+    let alice = String::from_utf8(fetch(&stack.alice).stdout).unwrap();
+    assert!(
+        alice.lines().any(|l| l.starts_with(&format!("{id} "))),
+        "{alice}"
+    );
+    let bob = String::from_utf8(fetch(&stack.bob).stdout).unwrap();
+    assert!(!bob.contains(&id), "bob must not get alice's entry: {bob}");
+
+    let bad = Command::new(devspire_bin())
+        .args(["entry", "create", "--admin-socket"])
+        .arg(&stack.devspire_admin_socket)
+        .args([
+            "--spiffe-id",
+            &id,
+            "--parent-id",
+            &laptop.id,
+            "--selector",
+            "nocolon",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected TYPE:VALUE"));
+}

@@ -284,7 +284,10 @@ pub fn ns(prefix: &str) -> String {
 pub fn run_as(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("runuser");
     cmd.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", format!("/home/{}", user.name))
         .args(["-u", user.name, "--"])
         .arg(program);
