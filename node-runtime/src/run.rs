@@ -24,7 +24,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use hpcs_core::ids::{RoleName, SecretId, SecretReaderId, TrustDomain};
 use tokio_util::sync::CancellationToken;
 
@@ -697,11 +696,6 @@ fn stage_hooks(src: Option<&Path>, dest: &Path) -> Result<Vec<String>, RunError>
     }
     names.sort();
     Ok(names)
-}
-
-/// Drain an image stream (used by tests and the daemon's abort path).
-pub async fn drain(mut s: ImageStream) {
-    while s.next().await.is_some() {}
 }
 
 #[cfg(test)]
