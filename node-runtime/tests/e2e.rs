@@ -154,7 +154,24 @@ async fn alice_runs_confined_and_gets_sealed_output() {
     let daemon_ini = j.ns.node_ini(&env, "node1", None, &policy);
     let daemon = e2e::Daemon::start(&j.ns, &daemon_ini);
     let ini = j.ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
-    let out = run_as("alice", &ini, &j.args(&[], APP));
+    let env_file = j.ns.dir.path().join("job.env");
+    std::fs::write(
+        &env_file,
+        "# job settings\nGREETING=hello from the env file\n",
+    )
+    .unwrap();
+    let app = format!("echo \"job=$SLURM_JOB_ID greeting=$GREETING\"; {APP}");
+    let args = j.args(&["--env-file", &env_file.display().to_string()], &app);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = e2e::node_cmd("alice", &ini, &args);
+    cmd.env("SLURM_JOB_ID", "4242").env("SLURM_NTASKS", "1");
+    let out = e2e::output(cmd);
+    assert!(
+        out.stdout
+            .contains("job=4242 greeting=hello from the env file"),
+        "SLURM_* and the env file reach the app: {}",
+        out.stdout
+    );
     assert_eq!(
         out.code, 7,
         "exit code is the app's\nstdout:{}\nstderr:{}",
@@ -194,7 +211,7 @@ async fn alice_runs_confined_and_gets_sealed_output() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
-    assert!(files[0].display().to_string().ends_with(".tar.age"));
+    assert!(files[0].ends_with("4242.tar.age"), "{files:?}");
     let contents = e2e::open_output(&files[0], &j.out_id);
     let get = |n: &str| {
         contents
