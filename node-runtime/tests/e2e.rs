@@ -730,3 +730,84 @@ async fn measure_large_image_path() {
         hwm(daemon.child.id()).unwrap_or_default()
     );
 }
+
+/// A unix socket owned by `uid` that relays to the stack's engine: stands in for a rootless
+/// Podman socket of the user, so direct mode runs as the user without the daemon.
+async fn user_engine_socket(env: &common::Env, ns: &Ns, uid: u32, gid: u32) -> std::path::PathBuf {
+    let path = ns.dir.path().join("user-engine.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    e2e::chown_r(&path, uid, gid);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let upstream = env
+        .get("HPCS_DOCKER_HOST")
+        .trim_start_matches("unix://")
+        .to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                }
+            });
+        }
+    });
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_runs_as_the_user_without_the_daemon() {
+    let Some(env) = common::Env::load() else {
+        return;
+    };
+    let j = job(&env).await;
+    let uid: u32 = env.get("HPCS_ALICE_UID").parse().unwrap();
+    let gid: u32 = env.get("HPCS_ALICE_GID").parse().unwrap();
+    let socket = user_engine_socket(&env, &j.ns, uid, gid).await;
+    let policy = j.ns.policy(POLICY);
+    // In direct mode the user creates the job directory under the scratch root.
+    std::fs::set_permissions(
+        &j.ns.scratch,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let ini = j.ns.node_ini(&env, "node1", None, &policy);
+    let socket = socket.display().to_string();
+    let out = run_as(
+        "alice",
+        &ini,
+        &j.args(&["--direct", "--engine-socket", &socket], APP),
+    );
+    assert_eq!(out.code, 7, "stdout:{}\nstderr:{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!("uid={uid} gid={gid}")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("CapEff:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    let sealed: Vec<_> = std::fs::read_dir(j.ns.workdir.join("output"))
+        .unwrap()
+        .collect();
+    assert_eq!(sealed.len(), 1);
+    j.assert_clean().await;
+
+    // The policy applies in direct mode too, before any key is fetched.
+    let out = run_as(
+        "alice",
+        &ini,
+        &j.args(
+            &["--direct", "--engine-socket", &socket, "--network", "host"],
+            APP,
+        ),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("denied by policy: network host"),
+        "{}",
+        out.stderr
+    );
+}
