@@ -1,0 +1,3 @@
+//! age benchmark.
+
+fn main() {}
