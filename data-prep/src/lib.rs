@@ -1,11 +1,24 @@
-//! Encrypt an input data directory, register its key, ship it to the cluster.
+//! data-prep: tar an input directory, encrypt it, register its key, ship it to the cluster.
+//!
+//! - [`cli`]: the command line (HPCS flag names).
+//! - [`stream`]: the directory as a plaintext tar stream (`hpcs_core::archive::pack_dir` on a
+//!   thread, handed to the encryptor through a bounded channel; a packing error reaches the
+//!   encryptor as a read error, so a refused tree never yields a valid-looking ciphertext).
+//! - [`run`]: plan, encrypt, then the shared pipeline of `hpcs_client::prepare`.
+//!
+//! Exit codes: 0 success (or a valid `--dry-run`), 1 failure (nothing left registered),
+//! 2 usage or configuration error, 3 failure after which a secret may still be registered
+//! (revocation failed; the message names it).
 
-/// Command-line interface.
-pub mod cli {
-    use clap::Parser;
+pub mod cli;
+pub mod run;
+pub mod stream;
 
-    /// Encrypt an input data directory, register its key, ship it to the cluster.
-    #[derive(Debug, Parser)]
-    #[command(name = "data-prep", version, about)]
-    pub struct Cli {}
-}
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: failure; nothing is left registered.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: failure, and revoking the registered secret failed too.
+pub const EXIT_ORPHAN: u8 = 3;
