@@ -1,0 +1,694 @@
+//! Blocking SSH/SFTP session to the cluster's login node (ssh2).
+//!
+//! - Strict host keys: the server's key is checked against a known_hosts file before any
+//!   authentication; an unknown or changed key aborts with an error naming host, port and file
+//!   (unless `accept_new` is set, which records an unknown key but still refuses a changed one).
+//! - Key authentication only, a connect timeout, a per-operation timeout and keepalive.
+//! - Remote commands are argument vectors: every word goes through [`shell_quote`], the one
+//!   place that quotes for the remote shell.
+//! - Uploads stream to a temporary name and are renamed into place; downloads stream to a writer.
+//!
+//! Everything here blocks; async callers use `spawn_blocking`.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hpcs_core::crypto::Sha256Digest;
+
+/// Largest stdout or stderr kept from one [`SshSession::exec`].
+pub const EXEC_OUTPUT_CAP: usize = 4 * 1024 * 1024;
+
+/// Errors of the SSH layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SshError {
+    /// The TCP connection could not be made.
+    #[error("failed to connect to {host}:{port}")]
+    Connect {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SSH handshake failed.
+    #[error("ssh handshake with {host}:{port} failed")]
+    Handshake {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Cause.
+        #[source]
+        source: ssh2::Error,
+    },
+    /// The known_hosts file could not be read or written.
+    #[error("failed to {op} known_hosts file {path}")]
+    KnownHostsFile {
+        /// Operation.
+        op: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: ssh2::Error,
+    },
+    /// The server's host key is not in known_hosts.
+    #[error(
+        "host key of {host} port {port} is not in {known_hosts}\nhint: verify the key with the cluster's administrators, then add it (ssh-keyscan -p {port} {host} >> {known_hosts}) or set accept-new-host-keys = true in [ssh]"
+    )]
+    UnknownHostKey {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// File.
+        known_hosts: PathBuf,
+    },
+    /// The server's host key differs from the one in known_hosts.
+    #[error(
+        "host key of {host} port {port} does not match {known_hosts}: possible man-in-the-middle attack\nhint: if the cluster's key really changed, remove the old line from {known_hosts} and add the new one"
+    )]
+    HostKeyMismatch {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// File.
+        known_hosts: PathBuf,
+    },
+    /// Public-key authentication was refused.
+    #[error(
+        "ssh authentication as {user} on {host} with key {key} failed\nhint: check [supercomputer] username and [ssh] key, and that the public key is in the account's authorized_keys"
+    )]
+    Auth {
+        /// User.
+        user: String,
+        /// Host.
+        host: String,
+        /// Key file.
+        key: PathBuf,
+        /// Cause.
+        #[source]
+        source: ssh2::Error,
+    },
+    /// An argument cannot be passed to a remote shell (it contains NUL).
+    #[error("argument {0:?} contains a NUL byte and cannot be passed to the remote command")]
+    Unquotable(String),
+    /// A channel or SFTP operation failed.
+    #[error("ssh: failed to {op}")]
+    Channel {
+        /// Operation, with its target.
+        op: String,
+        /// Cause.
+        #[source]
+        source: ssh2::Error,
+    },
+    /// Reading or writing a stream failed.
+    #[error("failed to {op}")]
+    Io {
+        /// Operation, with its target.
+        op: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote command's output exceeded [`EXEC_OUTPUT_CAP`].
+    #[error("output of remote command {command} exceeds {cap} bytes")]
+    OutputTooLarge {
+        /// The command.
+        command: String,
+        /// Cap.
+        cap: usize,
+    },
+    /// A remote command needed by the caller failed.
+    #[error("remote command {command} exited with {status}: {stderr}")]
+    Remote {
+        /// The command.
+        command: String,
+        /// Exit status.
+        status: i32,
+        /// Its stderr (trimmed).
+        stderr: String,
+    },
+    /// A remote file exceeds the caller's size limit.
+    #[error("remote file {path} exceeds {max} bytes")]
+    FileTooLarge {
+        /// Path.
+        path: String,
+        /// Limit.
+        max: u64,
+    },
+}
+
+/// Quotes one word for a POSIX shell: `'...'` with each `'` written as `'\''`.
+///
+/// This is the only function that quotes for a shell; scripts and remote commands use it for
+/// every word. The result is one word whatever the input (spaces, `$()`, backticks, `;`,
+/// newlines): inside single quotes a POSIX shell interprets nothing but the closing quote.
+///
+/// # Errors
+///
+/// [`SshError::Unquotable`] if `arg` contains NUL, which no shell word can carry.
+pub fn shell_quote(arg: &str) -> Result<String, SshError> {
+    if arg.contains('\0') {
+        return Err(SshError::Unquotable(arg.to_owned()));
+    }
+    let mut out = String::with_capacity(arg.len() + 2);
+    out.push('\'');
+    for c in arg.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    Ok(out)
+}
+
+/// A command line of quoted words, joined by spaces.
+///
+/// # Errors
+///
+/// As [`shell_quote`].
+pub fn shell_join<S: AsRef<str>>(argv: &[S]) -> Result<String, SshError> {
+    let words: Result<Vec<_>, _> = argv.iter().map(|a| shell_quote(a.as_ref())).collect();
+    Ok(words?.join(" "))
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Remote user.
+    pub user: String,
+    /// Private key file.
+    pub key: PathBuf,
+    /// known_hosts file.
+    pub known_hosts: PathBuf,
+    /// Record unknown host keys instead of refusing them (changed keys are always refused).
+    pub accept_new: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of each blocking SSH operation.
+    pub op_timeout: Duration,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+}
+
+impl SshTarget {
+    /// A target from the client config's `[supercomputer]` and `[ssh]` sections; the key
+    /// defaults to `~/.ssh/id_ed25519` and known_hosts to `~/.ssh/known_hosts`.
+    #[must_use]
+    pub fn from_config(
+        sc: &hpcs_core::config::SupercomputerConfig,
+        ssh: &hpcs_core::config::SshConfig,
+    ) -> Self {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+        Self {
+            host: sc.address.clone(),
+            port: ssh.port,
+            user: sc.username.to_string(),
+            key: ssh
+                .key
+                .clone()
+                .unwrap_or_else(|| home.join(".ssh/id_ed25519")),
+            known_hosts: ssh
+                .known_hosts
+                .clone()
+                .unwrap_or_else(|| home.join(".ssh/known_hosts")),
+            accept_new: ssh.accept_new_host_keys,
+            connect_timeout: ssh.connect_timeout,
+            op_timeout: Duration::from_secs(120),
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Result of a remote command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status.
+    pub status: i32,
+    /// Stdout.
+    pub stdout: Vec<u8>,
+    /// Stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    /// Stdout as text (lossy).
+    #[must_use]
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text (lossy, trimmed).
+    #[must_use]
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_owned()
+    }
+}
+
+/// An authenticated SSH session.
+pub struct SshSession {
+    session: ssh2::Session,
+    target: SshTarget,
+}
+
+impl std::fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSession")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+fn chan(op: impl Into<String>) -> impl FnOnce(ssh2::Error) -> SshError {
+    let op = op.into();
+    move |source| SshError::Channel { op, source }
+}
+
+fn io_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> SshError {
+    let op = op.into();
+    move |source| SshError::Io { op, source }
+}
+
+impl SshSession {
+    /// Connects, checks the host key, and authenticates with the key file.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Connect`], [`SshError::Handshake`], [`SshError::UnknownHostKey`],
+    /// [`SshError::HostKeyMismatch`], [`SshError::KnownHostsFile`], [`SshError::Auth`].
+    pub fn connect(target: &SshTarget) -> Result<Self, SshError> {
+        let connect_err = |source| SshError::Connect {
+            host: target.host.clone(),
+            port: target.port,
+            source,
+        };
+        let addrs: Vec<_> = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(connect_err)?
+            .collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, target.connect_timeout) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let tcp = tcp.ok_or_else(|| connect_err(last))?;
+        let mut session = ssh2::Session::new().map_err(|source| SshError::Handshake {
+            host: target.host.clone(),
+            port: target.port,
+            source,
+        })?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(u32::try_from(target.op_timeout.as_millis()).unwrap_or(u32::MAX));
+        session.handshake().map_err(|source| SshError::Handshake {
+            host: target.host.clone(),
+            port: target.port,
+            source,
+        })?;
+        check_host_key(&session, target)?;
+        session
+            .userauth_pubkey_file(&target.user, None, &target.key, None)
+            .map_err(|source| SshError::Auth {
+                user: target.user.clone(),
+                host: target.host.clone(),
+                key: target.key.clone(),
+                source,
+            })?;
+        session.set_keepalive(
+            false,
+            u32::try_from(target.keepalive.as_secs()).unwrap_or(15),
+        );
+        Ok(Self {
+            session,
+            target: target.clone(),
+        })
+    }
+
+    /// The target this session is connected to.
+    #[must_use]
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// Runs `argv` on the remote side (each word quoted by [`shell_quote`]) and collects its
+    /// output, up to [`EXEC_OUTPUT_CAP`] per stream.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Unquotable`], [`SshError::Channel`], [`SshError::OutputTooLarge`].
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<ExecOutput, SshError> {
+        let command = shell_join(argv)?;
+        let _ = self.session.keepalive_send();
+        let mut ch = self
+            .session
+            .channel_session()
+            .map_err(chan(format!("open a channel for {command}")))?;
+        ch.exec(&command).map_err(chan(format!("run {command}")))?;
+        let stdout = read_capped(&mut ch, &command)?;
+        let stderr = read_capped(&mut ch.stderr(), &command)?;
+        ch.wait_close()
+            .map_err(chan(format!("close the channel of {command}")))?;
+        let status = ch
+            .exit_status()
+            .map_err(chan(format!("read the exit status of {command}")))?;
+        Ok(ExecOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Like [`SshSession::exec`], but a non-zero exit status is an error carrying stderr.
+    ///
+    /// # Errors
+    ///
+    /// As [`SshSession::exec`], and [`SshError::Remote`].
+    pub fn exec_ok<S: AsRef<str>>(&self, argv: &[S]) -> Result<ExecOutput, SshError> {
+        let out = self.exec(argv)?;
+        if out.status != 0 {
+            return Err(SshError::Remote {
+                command: shell_join(argv)?,
+                status: out.status,
+                stderr: out.stderr_text(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Is `program` on the remote PATH?
+    ///
+    /// # Errors
+    ///
+    /// As [`SshSession::exec`].
+    pub fn has_command(&self, program: &str) -> Result<bool, SshError> {
+        // `command -v` is a shell builtin; run it through `sh -c` with the name as $1.
+        let out = self.exec(&["sh", "-c", "command -v \"$1\" >/dev/null", "sh", program])?;
+        Ok(out.status == 0)
+    }
+
+    fn sftp(&self) -> Result<ssh2::Sftp, SshError> {
+        self.session.sftp().map_err(chan("start sftp"))
+    }
+
+    /// Uploads `reader` to `remote` with `mode`: written to a temporary name in the same
+    /// directory, then renamed into place, so `remote` never holds a partial file. `progress`
+    /// gets the byte count so far.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`], [`SshError::Io`].
+    pub fn upload<R: Read>(
+        &self,
+        mut reader: R,
+        remote: &str,
+        mode: i32,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, SshError> {
+        let sftp = self.sftp()?;
+        let path = Path::new(remote);
+        let name = path
+            .file_name()
+            .map_or_else(|| remote.to_owned(), |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+        let result = (|| {
+            let mut file = sftp
+                .open_mode(
+                    &tmp,
+                    ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::EXCLUSIVE,
+                    mode,
+                    ssh2::OpenType::File,
+                )
+                .map_err(chan(format!("create {}", tmp.display())))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .map_err(io_err(format!("read the data for {remote}")))?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&buf[..n])
+                    .map_err(io_err(format!("write {}", tmp.display())))?;
+                total += n as u64;
+                progress(total);
+            }
+            file.fsync().ok();
+            drop(file);
+            // SFTP v3 (OpenSSH) rename refuses an existing target; callers upload to fresh names,
+            // so a leftover target is replaced non-atomically as a fallback.
+            if sftp.rename(&tmp, path, None).is_err() {
+                let _ = sftp.unlink(path);
+                sftp.rename(&tmp, path, None)
+                    .map_err(chan(format!("rename {} to {remote}", tmp.display())))?;
+            }
+            Ok(total)
+        })();
+        if result.is_err() {
+            let _ = sftp.unlink(&tmp);
+        }
+        result
+    }
+
+    /// Streams `remote` into `writer`, returning the byte count.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`], [`SshError::Io`].
+    pub fn download<W: Write>(&self, remote: &str, mut writer: W) -> Result<u64, SshError> {
+        let sftp = self.sftp()?;
+        let mut file = sftp
+            .open(Path::new(remote))
+            .map_err(chan(format!("open {remote}")))?;
+        std::io::copy(&mut file, &mut writer).map_err(io_err(format!("download {remote}")))
+    }
+
+    /// Reads a small remote file whole, refusing more than `max` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::FileTooLarge`], and as [`SshSession::download`].
+    pub fn read_small(&self, remote: &str, max: u64) -> Result<Vec<u8>, SshError> {
+        let sftp = self.sftp()?;
+        let file = sftp
+            .open(Path::new(remote))
+            .map_err(chan(format!("open {remote}")))?;
+        let mut out = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut out)
+            .map_err(io_err(format!("read {remote}")))?;
+        if out.len() as u64 > max {
+            return Err(SshError::FileTooLarge {
+                path: remote.to_owned(),
+                max,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads `remote` from byte `offset` to its current end, at most `max` bytes; a missing
+    /// file reads as empty. Used to follow a growing log.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`] (other than a missing file), [`SshError::Io`].
+    pub fn read_from(&self, remote: &str, offset: u64, max: u64) -> Result<Vec<u8>, SshError> {
+        use std::io::Seek as _;
+        let sftp = self.sftp()?;
+        let mut file = match sftp.open(Path::new(remote)) {
+            Ok(f) => f,
+            // LIBSSH2_FX_NO_SUCH_FILE
+            Err(e) if matches!(e.code(), ssh2::ErrorCode::SFTP(2)) => return Ok(Vec::new()),
+            Err(e) => return Err(chan(format!("open {remote}"))(e)),
+        };
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(io_err(format!("seek {remote}")))?;
+        let mut out = Vec::new();
+        file.take(max)
+            .read_to_end(&mut out)
+            .map_err(io_err(format!("read {remote}")))?;
+        Ok(out)
+    }
+
+    /// Size of a remote file.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`].
+    pub fn file_size(&self, remote: &str) -> Result<u64, SshError> {
+        let st = self
+            .sftp()?
+            .stat(Path::new(remote))
+            .map_err(chan(format!("stat {remote}")))?;
+        Ok(st.size.unwrap_or(0))
+    }
+
+    /// Creates a remote directory (and parents) with `mkdir -p -m MODE`.
+    ///
+    /// # Errors
+    ///
+    /// As [`SshSession::exec_ok`].
+    pub fn mkdir_p(&self, remote: &str, mode: u32) -> Result<(), SshError> {
+        self.exec_ok(&["mkdir", "-p", "-m", &format!("{mode:o}"), "--", remote])?;
+        Ok(())
+    }
+
+    /// sha256 of a remote file, computed remotely by `sha256sum`.
+    ///
+    /// # Errors
+    ///
+    /// As [`SshSession::exec_ok`]; [`SshError::Remote`] if the output is not a digest.
+    pub fn sha256(&self, remote: &str) -> Result<Sha256Digest, SshError> {
+        let argv = ["sha256sum", "--", remote];
+        let out = self.exec_ok(&argv)?;
+        let text = out.stdout_text();
+        let hex = text.split_whitespace().next().unwrap_or("");
+        // sha256sum escapes names with backslashes by prefixing the digest with '\'.
+        let hex = hex.strip_prefix('\\').unwrap_or(hex);
+        hex.parse().map_err(|_| SshError::Remote {
+            command: shell_join(&argv).unwrap_or_default(),
+            status: 0,
+            stderr: format!("unexpected output {text:?}"),
+        })
+    }
+}
+
+fn read_capped(reader: &mut impl Read, command: &str) -> Result<Vec<u8>, SshError> {
+    let mut out = Vec::new();
+    reader
+        .take(EXEC_OUTPUT_CAP as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(io_err(format!("read the output of {command}")))?;
+    if out.len() > EXEC_OUTPUT_CAP {
+        return Err(SshError::OutputTooLarge {
+            command: command.to_owned(),
+            cap: EXEC_OUTPUT_CAP,
+        });
+    }
+    Ok(out)
+}
+
+fn check_host_key(session: &ssh2::Session, target: &SshTarget) -> Result<(), SshError> {
+    let kh_err = |op, source| SshError::KnownHostsFile {
+        op,
+        path: target.known_hosts.clone(),
+        source,
+    };
+    let mut kh = session
+        .known_hosts()
+        .map_err(|source| kh_err("initialise", source))?;
+    if target.known_hosts.exists() {
+        kh.read_file(&target.known_hosts, ssh2::KnownHostFileKind::OpenSSH)
+            .map_err(|source| kh_err("read", source))?;
+    }
+    let Some((key, key_type)) = session.host_key() else {
+        return Err(SshError::UnknownHostKey {
+            host: target.host.clone(),
+            port: target.port,
+            known_hosts: target.known_hosts.clone(),
+        });
+    };
+    match kh.check_port(&target.host, target.port, key) {
+        ssh2::CheckResult::Match => Ok(()),
+        ssh2::CheckResult::Mismatch => Err(SshError::HostKeyMismatch {
+            host: target.host.clone(),
+            port: target.port,
+            known_hosts: target.known_hosts.clone(),
+        }),
+        ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure if target.accept_new => {
+            let host = if target.port == 22 {
+                target.host.clone()
+            } else {
+                format!("[{}]:{}", target.host, target.port)
+            };
+            let format = match key_type {
+                ssh2::HostKeyType::Rsa => ssh2::KnownHostKeyFormat::SshRsa,
+                ssh2::HostKeyType::Dss => ssh2::KnownHostKeyFormat::SshDss,
+                ssh2::HostKeyType::Ecdsa256 => ssh2::KnownHostKeyFormat::Ecdsa256,
+                ssh2::HostKeyType::Ecdsa384 => ssh2::KnownHostKeyFormat::Ecdsa384,
+                ssh2::HostKeyType::Ecdsa521 => ssh2::KnownHostKeyFormat::Ecdsa521,
+                ssh2::HostKeyType::Ed25519 => ssh2::KnownHostKeyFormat::Ed25519,
+                ssh2::HostKeyType::Unknown => ssh2::KnownHostKeyFormat::Unknown,
+            };
+            kh.add(&host, key, "added by hpcs", format)
+                .map_err(|source| kh_err("update", source))?;
+            kh.write_file(&target.known_hosts, ssh2::KnownHostFileKind::OpenSSH)
+                .map_err(|source| kh_err("write", source))?;
+            Ok(())
+        }
+        ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => Err(SshError::UnknownHostKey {
+            host: target.host.clone(),
+            port: target.port,
+            known_hosts: target.known_hosts.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("", "''")]
+    #[case("plain", "'plain'")]
+    #[case("it's", "'it'\\''s'")]
+    #[case("$(id) `id` ; rm -rf ~\nx", "'$(id) `id` ; rm -rf ~\nx'")]
+    #[case("''", "''\\'''\\'''")]
+    fn quotes(#[case] input: &str, #[case] want: &str) {
+        assert_eq!(shell_quote(input).unwrap(), want);
+    }
+
+    #[test]
+    fn nul_is_refused() {
+        assert!(matches!(shell_quote("a\0b"), Err(SshError::Unquotable(_))));
+    }
+
+    /// The local `sh` reads each quoted word back byte for byte.
+    #[test]
+    fn round_trips_through_sh() {
+        let args = [
+            "a b",
+            "'",
+            "$(touch /nonexistent-hpcs)",
+            "`id`",
+            "x\ny",
+            ";",
+            "\\",
+            "\"",
+            "",
+            "é ☃",
+        ];
+        let script = format!("printf '%s\\0' {}", shell_join(&args).unwrap());
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+        let want: Vec<&[u8]> = args
+            .iter()
+            .map(|a| a.as_bytes())
+            .chain([&b""[..]])
+            .collect();
+        assert_eq!(got, want);
+    }
+}
