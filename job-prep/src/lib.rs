@@ -1,11 +1,11 @@
-//! Submit an HPCS Slurm job over SSH, follow it, fetch and decrypt its output.
+//! Submit an HPCS Slurm job over SSH, follow it, and manage it.
+//!
+//! - [`cli`]: command line (clap) and the glue that runs it.
+//! - [`spec`]: the validated job specification.
+//! - [`script`]: the batch script rendered from a spec.
+//! - [`slurm`]: `sbatch`, `scontrol`, `scancel` over SSH.
 
-/// Command-line interface.
-pub mod cli {
-    use clap::Parser;
-
-    /// Submit an HPCS Slurm job over SSH, follow it, fetch and decrypt its output.
-    #[derive(Debug, Parser)]
-    #[command(name = "job-prep", version, about)]
-    pub struct Cli {}
-}
+pub mod cli;
+pub mod script;
+pub mod slurm;
+pub mod spec;
