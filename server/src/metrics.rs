@@ -26,6 +26,11 @@ const FAMILIES: &[(&str, &str, Kind)] = &[
         Kind::Histogram,
     ),
     (
+        "hpcs_backend_duration_seconds",
+        "Latency of SPIRE and Vault calls by backend and operation.",
+        Kind::Histogram,
+    ),
+    (
         "hpcs_registrations_total",
         "Secret registrations by result (ok, denied, failed).",
         Kind::Counter,

@@ -98,8 +98,10 @@ pub async fn assemble(settings: &Settings) -> Result<Assembled, RunError> {
     let source = Arc::new(source);
     let metrics = Arc::new(Metrics::new());
     let audit = AuditLog::open(&settings.audit_log)?;
-    let vault = Vault::new(settings.vault.clone(), VaultLogin::Jwt(source.clone()))?;
-    let spire = SpireEntries::new(&settings.spire_admin_socket, settings.spire_timeout);
+    let vault = Vault::new(settings.vault.clone(), VaultLogin::Jwt(source.clone()))?
+        .with_metrics(Arc::clone(&metrics));
+    let spire = SpireEntries::new(&settings.spire_admin_socket, settings.spire_timeout)
+        .with_metrics(Arc::clone(&metrics));
     let service = SecretService::new(
         Arc::new(spire),
         Arc::new(vault),
@@ -158,6 +160,11 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // Certificate problems are configuration errors: report them before waiting on SPIRE.
+    let tls = match &settings.transport {
+        Transport::Tls { cert, key } => Some(crate::tls::server_config(cert, key)?),
+        Transport::PlainHttp => None,
+    };
     let Assembled { state, source } = assemble(&settings).await?;
     let sweeper = settings
         .expiry_sweep
@@ -168,21 +175,21 @@ pub async fn run(
             addr: settings.listen,
             source,
         })?;
-    let result = match &settings.transport {
-        Transport::Tls { cert, key } => {
-            let config = crate::tls::server_config(cert, key)?;
+    let result = match tls {
+        Some(config) => {
             let listener = crate::tls::TlsListener::new(tcp, config).map_err(RunError::Serve)?;
             tracing::info!(listen = %settings.listen, "serving HTTPS");
-            serve(listener, shutdown, state).await
+            serve(listener, shutdown, state.clone()).await
         }
-        Transport::PlainHttp => {
+        None => {
             tracing::info!(listen = %settings.listen, "serving plain HTTP");
-            serve(tcp, shutdown, state).await
+            serve(tcp, shutdown, state.clone()).await
         }
     };
     if let Some(s) = sweeper {
         s.abort();
     }
+    state.service().vault().logout().await;
     source.shutdown().await;
     tracing::info!("stopped");
     result.map_err(RunError::Serve)

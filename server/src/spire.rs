@@ -5,6 +5,7 @@
 //! a batch, the entries it did create are deleted again before the error is returned.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +19,8 @@ use hpcs_spire_api::types::{Entry, Selector, Spiffeid};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::metrics::Metrics;
 
 /// Default timeout of one SPIRE server call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,6 +137,7 @@ pub struct SpireEntries {
     socket: PathBuf,
     channel: Channel,
     timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl SpireEntries {
@@ -157,7 +161,15 @@ impl SpireEntries {
             socket: socket.to_owned(),
             channel,
             timeout,
+            metrics: None,
         }
+    }
+
+    /// Records the latency of every call in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The admin socket path.
@@ -175,8 +187,16 @@ impl SpireEntries {
         op: &'static str,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, SpireError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        if let Some(m) = &self.metrics {
+            m.observe(
+                "hpcs_backend_duration_seconds",
+                &[("backend", "spire"), ("op", op)],
+                started.elapsed(),
+            );
+        }
+        result
             .map_err(|_| SpireError::Timeout {
                 op,
                 timeout: self.timeout,

@@ -385,6 +385,8 @@ pub trait VaultBackend: Send + Sync + 'static {
     async fn all_records(&self) -> Result<Vec<SecretId>, VaultError>;
     /// Readiness: Vault answers and the server's token is valid.
     async fn check(&self) -> Result<(), VaultError>;
+    /// Revokes the server's own token, if it logged in (shutdown). Best effort.
+    async fn logout(&self) {}
 }
 
 struct Session {
@@ -397,6 +399,7 @@ struct Session {
 pub struct Vault {
     settings: VaultSettings,
     login: VaultLogin,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     session: RwLock<Option<Arc<Session>>>,
     login_lock: Mutex<()>,
 }
@@ -437,9 +440,17 @@ impl Vault {
         Ok(Self {
             settings,
             login,
+            metrics: None,
             session: RwLock::new(None),
             login_lock: Mutex::new(()),
         })
+    }
+
+    /// Records the latency of every request in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The settings.
@@ -542,14 +553,21 @@ impl Vault {
         let mut retried = false;
         loop {
             let session = self.session().await?;
+            let started = Instant::now();
             let result =
-                tokio::time::timeout(self.settings.timeout, f(Arc::clone(&session.client)))
-                    .await
-                    .map_err(|_| VaultError::Timeout {
-                        op,
-                        path: path.to_owned(),
-                        timeout: self.settings.timeout,
-                    })?;
+                tokio::time::timeout(self.settings.timeout, f(Arc::clone(&session.client))).await;
+            if let Some(m) = &self.metrics {
+                m.observe(
+                    "hpcs_backend_duration_seconds",
+                    &[("backend", "vault"), ("op", op)],
+                    started.elapsed(),
+                );
+            }
+            let result = result.map_err(|_| VaultError::Timeout {
+                op,
+                path: path.to_owned(),
+                timeout: self.settings.timeout,
+            })?;
             match result {
                 Ok(v) => return Ok(v),
                 Err(e)
@@ -885,6 +903,28 @@ impl VaultBackend for Vault {
             vaultrs::token::lookup_self(c.as_ref()).await.map(|_| ())
         })
         .await
+    }
+
+    async fn logout(&self) {
+        // Only tokens we obtained by logging in are ours to revoke.
+        if !matches!(self.login, VaultLogin::Jwt(_)) {
+            return;
+        }
+        let Some(session) = self.session.write().await.take() else {
+            return;
+        };
+        let revoke = tokio::time::timeout(
+            self.settings.timeout,
+            vaultrs::token::revoke_self(session.client.as_ref()),
+        )
+        .await;
+        match revoke {
+            Ok(Ok(())) => tracing::info!("revoked the server's Vault token"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error::chain(&e), "could not revoke the server's Vault token");
+            }
+            Err(_) => tracing::warn!("revoking the server's Vault token timed out"),
+        }
     }
 }
 

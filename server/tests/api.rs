@@ -693,3 +693,59 @@ async fn probes_metrics_and_openapi() {
     assert!(text.contains("hpcs_http_request_duration_seconds_bucket{method=\"POST\",route=\"/api/v1/secrets\",le=\"+Inf\"} 1"));
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_jwt_signing_keys_are_followed_without_restart() {
+    let Some(stack) = stack() else { return };
+    let srv = TestServer::start(&stack).await;
+    let kid = |token: &str| -> String {
+        use base64::Engine as _;
+        let header = token.split('.').next().unwrap();
+        let header: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .unwrap(),
+        )
+        .unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    let before = client_token(&stack, "alice");
+    let (s, _) = srv
+        .call(Some(&before), "GET", "/api/v1/secrets", None)
+        .await;
+    assert_eq!(s, 200);
+
+    let devspire = hpcs_test_support::Stack::load().devspire_bin;
+    let out = std::process::Command::new(devspire)
+        .arg("rotate")
+        .arg("--admin-socket")
+        .arg(&stack.admin_socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = client_token(&stack, "alice");
+    assert_ne!(kid(&before), kid(&after), "devspire signs with the new key");
+    // The server learns the new key from the Workload API stream, without a restart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, _) = srv.call(Some(&after), "GET", "/api/v1/secrets", None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a token signed with the rotated key is still refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Tokens signed with the previous key stay valid until they expire.
+    let (s, _) = srv
+        .call(Some(&before), "GET", "/api/v1/secrets", None)
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}
