@@ -2,5 +2,13 @@
 //!
 //! - [`ssh`]: blocking SSH/SFTP session with strict host keys, key auth, quoted remote commands,
 //!   atomic uploads and streaming downloads.
+//! - [`identity`]: the client's JWT-SVID from the laptop's SPIRE agent (Workload API).
+//! - [`server_api`]: the HPCS server API client.
+//! - [`vault`]: writing an artefact's key record with the server's single-use credential.
+//! - [`prepare`]: the prep tools' pipeline (encrypt, register, write key, ship, revoke on failure).
 
+pub mod identity;
+pub mod prepare;
+pub mod server_api;
 pub mod ssh;
+pub mod vault;
