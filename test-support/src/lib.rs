@@ -72,6 +72,9 @@ pub struct Stack {
     pub slurm_partition: String,
     /// Slurm node name.
     pub slurm_node: String,
+    /// The stack's `slurm.conf` (`SLURM_CONF`): Slurm commands run outside an SSH session to the
+    /// stack's sshd need it in their environment (see [`Stack::run_as`]).
+    pub slurm_conf: PathBuf,
     /// `unix:///...` of the stack's dockerd.
     pub docker_host: String,
     /// A small local image (busybox) whose /etc/passwd knows alice and bob.
@@ -174,6 +177,7 @@ impl Stack {
             alice_proj_gid: num("HPCS_ALICE_PROJ_GID"),
             slurm_partition: get("HPCS_SLURM_PARTITION"),
             slurm_node: get("HPCS_SLURM_NODE"),
+            slurm_conf: get("SLURM_CONF").into(),
             docker_host: get("HPCS_DOCKER_HOST"),
             test_image: get("HPCS_TEST_IMAGE"),
             trust_domain: get("HPCS_TRUST_DOMAIN"),
@@ -197,6 +201,14 @@ impl Stack {
             .unwrap_or_else(|| panic!("the test stack has no agent {name}"))
     }
 
+    /// Like [`run_as`], with the stack's `SLURM_CONF`, so `sbatch` and friends reach its cluster.
+    #[must_use]
+    pub fn run_as(&self, user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = run_as(user, program);
+        cmd.env("SLURM_CONF", &self.slurm_conf);
+        cmd
+    }
+
     /// The docker socket path (without `unix://`).
     #[must_use]
     pub fn docker_socket(&self) -> PathBuf {
@@ -213,8 +225,15 @@ impl Stack {
 }
 
 fn skip_allowed() -> bool {
-    std::env::var("HPCS_ALLOW_NO_STACK").as_deref() == Ok("1")
-        && std::env::var("CI").as_deref() != Ok("true")
+    skip_allowed_by(
+        std::env::var("HPCS_ALLOW_NO_STACK").ok().as_deref(),
+        std::env::var("CI").ok().as_deref(),
+    )
+}
+
+/// `HPCS_ALLOW_NO_STACK=1` lets a developer skip, never CI.
+fn skip_allowed_by(allow_no_stack: Option<&str>, ci: Option<&str>) -> bool {
+    allow_no_stack == Some("1") && ci != Some("true")
 }
 
 /// Path of the stack's env file: `$HPCS_STACK_ENV`, else `<workspace>/.stack/env`.
@@ -278,8 +297,8 @@ pub fn ns(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{nanos:08x}", std::process::id())
 }
 
-/// A command that runs `program` as `user` (tests run as root), with a clean environment that
-/// keeps only `PATH`.
+/// A command that runs `program` as `user` (tests run as root) through `runuser`, with a clean
+/// environment of `PATH` and `HOME` only. Add arguments and variables to it as usual.
 #[must_use]
 pub fn run_as(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("runuser");
@@ -313,6 +332,46 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("t-"));
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    #[test]
+    fn only_a_developer_may_skip() {
+        assert!(skip_allowed_by(Some("1"), None));
+        assert!(skip_allowed_by(Some("1"), Some("false")));
+        assert!(!skip_allowed_by(Some("1"), Some("true")));
+        assert!(!skip_allowed_by(None, None));
+        assert!(!skip_allowed_by(Some("0"), None));
+        assert!(!skip_allowed_by(Some("yes"), None));
+    }
+
+    #[test]
+    fn parses_a_complete_env_file() {
+        let text = "HPCS_STACK_DIR='/s'\nHPCS_BAO_ADDR='http://127.0.0.1:1'\nHPCS_BAO_TOKEN='t'\n\
+            HPCS_BAO_BIN='/b'\nHPCS_SSH_HOST='127.0.0.1'\nHPCS_SSH_PORT='2222'\n\
+            HPCS_SSH_KNOWN_HOSTS='/s/kh'\nHPCS_SSH_KEY_ALICE='/s/a'\nHPCS_SSH_KEY_BOB='/s/b'\n\
+            HPCS_ALICE_UID='2001'\nHPCS_ALICE_GID='2001'\nHPCS_BOB_UID='2002'\nHPCS_BOB_GID='2002'\n\
+            HPCS_GROUP_GID='2100'\nHPCS_ALICE_PROJ_GID='2101'\nHPCS_SLURM_PARTITION='debug'\n\
+            HPCS_SLURM_NODE='localhost'\nSLURM_CONF='/s/slurm.conf'\n\
+            HPCS_DOCKER_HOST='unix:///s/docker.sock'\nHPCS_TEST_IMAGE='img:latest'\n\
+            HPCS_TRUST_DOMAIN='hpcs.test'\nHPCS_DEVSPIRE_BIN='/d'\nHPCS_DEVSPIRE_ADMIN_SOCKET='/s/admin.sock'\n\
+            HPCS_DEVSPIRE_OIDC_URL='http://127.0.0.1:3'\n\
+            HPCS_DEVSPIRE_AGENT_SOCKET_NODE1='/s/node1.sock'\n\
+            HPCS_DEVSPIRE_AGENT_ID_NODE1='spiffe://hpcs.test/spire/agent/devspire/node1'\n\
+            HPCS_DEVSPIRE_AGENT_SOCKET_NODE2='/s/node2.sock'\n\
+            HPCS_DEVSPIRE_AGENT_ID_NODE2='spiffe://hpcs.test/spire/agent/devspire/node2'\n\
+            HPCS_DEVSPIRE_AGENT_SOCKET_LAPTOP='/s/laptop.sock'\n\
+            HPCS_DEVSPIRE_AGENT_ID_LAPTOP='spiffe://hpcs.test/spire/agent/devspire/laptop'\n";
+        let stack = Stack::parse(text, Path::new("env"));
+        assert_eq!(stack.ssh_port, 2222);
+        assert_eq!(stack.alice.uid, 2001);
+        assert_eq!(stack.bob.gid, 2002);
+        assert_eq!(stack.slurm_conf, Path::new("/s/slurm.conf"));
+        assert_eq!(stack.docker_socket(), Path::new("/s/docker.sock"));
+        assert_eq!(stack.agent("node2").socket, Path::new("/s/node2.sock"));
+        assert_eq!(
+            stack.agent("laptop").id,
+            "spiffe://hpcs.test/spire/agent/devspire/laptop"
+        );
     }
 
     #[test]
