@@ -12,6 +12,7 @@
 #![allow(clippy::panic, clippy::expect_used)] // Test support: a broken stack must fail the test loudly.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -236,13 +237,22 @@ fn skip_allowed_by(allow_no_stack: Option<&str>, ci: Option<&str>) -> bool {
     allow_no_stack == Some("1") && ci != Some("true")
 }
 
-/// Path of the stack's env file: `$HPCS_STACK_ENV`, else `<workspace>/.stack/env`.
+/// Path of the stack's env file, found the way `scripts/test-stack` writes it: `$HPCS_STACK_ENV`,
+/// else `$HPCS_STACK_DIR/env`, else `<workspace>/.stack/env`.
 #[must_use]
 pub fn env_file() -> PathBuf {
-    if let Some(p) = std::env::var_os("HPCS_STACK_ENV") {
-        return PathBuf::from(p);
+    env_file_from(
+        std::env::var_os("HPCS_STACK_ENV"),
+        std::env::var_os("HPCS_STACK_DIR"),
+    )
+}
+
+fn env_file_from(env: Option<OsString>, dir: Option<OsString>) -> PathBuf {
+    match (env, dir) {
+        (Some(env), _) if !env.is_empty() => PathBuf::from(env),
+        (_, Some(dir)) if !dir.is_empty() => PathBuf::from(dir).join("env"),
+        _ => workspace_root().join(".stack").join("env"),
     }
-    workspace_root().join(".stack").join("env")
 }
 
 /// The workspace root (parent of this crate's directory).
@@ -332,6 +342,18 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("t-"));
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    #[test]
+    fn env_file_is_found_like_the_script_writes_it() {
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(env_file_from(os("/e"), os("/d")), Path::new("/e"));
+        assert_eq!(env_file_from(None, os("/d")), Path::new("/d/env"));
+        assert_eq!(env_file_from(os(""), os("/d")), Path::new("/d/env"));
+        assert_eq!(
+            env_file_from(None, None),
+            workspace_root().join(".stack/env")
+        );
     }
 
     #[test]
