@@ -83,16 +83,18 @@ pub enum SshError {
     },
     /// Public-key authentication was refused.
     #[error(
-        "ssh authentication as {user} on {host} with key {key} failed\nhint: check [supercomputer] username and [ssh] key, and that the public key is in the account's authorized_keys"
+        "ssh authentication as {user} on {host} port {port} failed (tried {tried})\nhint: check [supercomputer] username and [ssh] key, and that the public key is in the account's authorized_keys"
     )]
     Auth {
         /// User.
         user: String,
         /// Host.
         host: String,
-        /// Key file.
-        key: PathBuf,
-        /// Cause.
+        /// Port.
+        port: u16,
+        /// What was tried: key files and/or the SSH agent.
+        tried: String,
+        /// Cause of the last attempt.
         #[source]
         source: ssh2::Error,
     },
@@ -190,8 +192,9 @@ pub struct SshTarget {
     pub port: u16,
     /// Remote user.
     pub user: String,
-    /// Private key file.
-    pub key: PathBuf,
+    /// Private key file; `None` tries the SSH agent (`SSH_AUTH_SOCK`), then `~/.ssh/id_ed25519`,
+    /// `id_ecdsa` and `id_rsa`.
+    pub key: Option<PathBuf>,
     /// known_hosts file.
     pub known_hosts: PathBuf,
     /// Record unknown host keys instead of refusing them (changed keys are always refused).
@@ -205,8 +208,9 @@ pub struct SshTarget {
 }
 
 impl SshTarget {
-    /// A target from the client config's `[supercomputer]` and `[ssh]` sections; the key
-    /// defaults to `~/.ssh/id_ed25519` and known_hosts to `~/.ssh/known_hosts`.
+    /// A target from the client config's `[supercomputer]` and `[ssh]` sections; without a key
+    /// the agent and the default key files are tried, and known_hosts defaults to
+    /// `~/.ssh/known_hosts`.
     #[must_use]
     pub fn from_config(
         sc: &hpcs_core::config::SupercomputerConfig,
@@ -217,10 +221,7 @@ impl SshTarget {
             host: sc.address.clone(),
             port: ssh.port,
             user: sc.username.to_string(),
-            key: ssh
-                .key
-                .clone()
-                .unwrap_or_else(|| home.join(".ssh/id_ed25519")),
+            key: ssh.key.clone(),
             known_hosts: ssh
                 .known_hosts
                 .clone()
@@ -324,14 +325,7 @@ impl SshSession {
             source,
         })?;
         check_host_key(&session, target)?;
-        session
-            .userauth_pubkey_file(&target.user, None, &target.key, None)
-            .map_err(|source| SshError::Auth {
-                user: target.user.clone(),
-                host: target.host.clone(),
-                key: target.key.clone(),
-                source,
-            })?;
+        authenticate(&session, target)?;
         session.set_keepalive(
             false,
             u32::try_from(target.keepalive.as_secs()).unwrap_or(15),
@@ -453,12 +447,11 @@ impl SshSession {
             }
             file.fsync().ok();
             drop(file);
-            // SFTP v3 (OpenSSH) rename refuses an existing target; callers upload to fresh names,
-            // so a leftover target is replaced non-atomically as a fallback.
+            // SFTP v3 (OpenSSH) rename refuses an existing target; rename(2) through `mv -T`
+            // replaces it atomically.
             if sftp.rename(&tmp, path, None).is_err() {
-                let _ = sftp.unlink(path);
-                sftp.rename(&tmp, path, None)
-                    .map_err(chan(format!("rename {} to {remote}", tmp.display())))?;
+                let tmp = tmp.to_string_lossy();
+                self.exec_ok(&["mv", "-f", "-T", "--", &tmp, remote])?;
             }
             Ok(total)
         })();
@@ -479,6 +472,66 @@ impl SshSession {
             .open(Path::new(remote))
             .map_err(chan(format!("open {remote}")))?;
         std::io::copy(&mut file, &mut writer).map_err(io_err(format!("download {remote}")))
+    }
+
+    /// Opens `remote` for streaming reads.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`].
+    pub fn open_read(&self, remote: &str) -> Result<RemoteFile, SshError> {
+        let file = self
+            .sftp()?
+            .open(Path::new(remote))
+            .map_err(chan(format!("open {remote}")))?;
+        Ok(RemoteFile {
+            file,
+            path: remote.to_owned(),
+        })
+    }
+
+    /// Metadata of `remote` (symlinks are followed, as `stat(2)`); `None` if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`] other than for a missing file.
+    pub fn stat(&self, remote: &str) -> Result<Option<RemoteStat>, SshError> {
+        match self.sftp()?.stat(Path::new(remote)) {
+            Ok(st) => Ok(Some(RemoteStat {
+                size: st.size.unwrap_or(0),
+                uid: st.uid,
+                mode: st.perm.unwrap_or(0),
+            })),
+            Err(e) if is_no_such_file(&e) => Ok(None),
+            Err(e) => Err(chan(format!("stat {remote}"))(e)),
+        }
+    }
+
+    /// The numeric uid of the remote account (`id -u`).
+    ///
+    /// # Errors
+    ///
+    /// As [`SshSession::exec_ok`]; [`SshError::Remote`] if the output is not a number.
+    pub fn remote_uid(&self) -> Result<u32, SshError> {
+        let out = self.exec_ok(&["id", "-u"])?;
+        let text = out.stdout_text();
+        text.trim().parse().map_err(|_| SshError::Remote {
+            command: "'id' '-u'".into(),
+            status: 0,
+            stderr: format!("unexpected output {text:?}"),
+        })
+    }
+
+    /// Sends a keepalive message now; long polls call this between commands.
+    ///
+    /// # Errors
+    ///
+    /// [`SshError::Channel`] if the connection is gone.
+    pub fn keepalive(&self) -> Result<(), SshError> {
+        self.session
+            .keepalive_send()
+            .map(|_| ())
+            .map_err(chan("send a keepalive"))
     }
 
     /// Reads a small remote file whole, refusing more than `max` bytes.
@@ -515,8 +568,7 @@ impl SshSession {
         let sftp = self.sftp()?;
         let mut file = match sftp.open(Path::new(remote)) {
             Ok(f) => f,
-            // LIBSSH2_FX_NO_SUCH_FILE
-            Err(e) if matches!(e.code(), ssh2::ErrorCode::SFTP(2)) => return Ok(Vec::new()),
+            Err(e) if is_no_such_file(&e) => return Ok(Vec::new()),
             Err(e) => return Err(chan(format!("open {remote}"))(e)),
         };
         file.seek(std::io::SeekFrom::Start(offset))
@@ -569,6 +621,110 @@ impl SshSession {
             stderr: format!("unexpected output {text:?}"),
         })
     }
+}
+
+/// A remote file opened for reading; implements [`Read`].
+pub struct RemoteFile {
+    file: ssh2::File,
+    path: String,
+}
+
+impl std::fmt::Debug for RemoteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read for RemoteFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+/// What [`SshSession::stat`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Owner uid, if the server reported it.
+    pub uid: Option<u32>,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+}
+
+impl RemoteStat {
+    /// Is it a regular file?
+    #[must_use]
+    pub fn is_file(&self) -> bool {
+        self.mode & 0o170_000 == 0o100_000
+    }
+
+    /// Is it a directory?
+    #[must_use]
+    pub fn is_dir(&self) -> bool {
+        self.mode & 0o170_000 == 0o040_000
+    }
+
+    /// Permission bits (`0o7777`).
+    #[must_use]
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+}
+
+/// `LIBSSH2_FX_NO_SUCH_FILE`.
+fn is_no_such_file(e: &ssh2::Error) -> bool {
+    matches!(e.code(), ssh2::ErrorCode::SFTP(2))
+}
+
+/// Key authentication: the configured key file, or the agent and then the default key files.
+fn authenticate(session: &ssh2::Session, target: &SshTarget) -> Result<(), SshError> {
+    let mut tried = Vec::new();
+    let mut last = None;
+    let candidates: Vec<PathBuf> = match &target.key {
+        Some(key) => vec![key.clone()],
+        None => {
+            if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+                tried.push("the SSH agent".to_owned());
+                match session.userauth_agent(&target.user) {
+                    Ok(()) if session.authenticated() => return Ok(()),
+                    Ok(()) => {}
+                    Err(e) => last = Some(e),
+                }
+            }
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+            ["id_ed25519", "id_ecdsa", "id_rsa"]
+                .iter()
+                .map(|n| home.join(".ssh").join(n))
+                .filter(|p| p.exists())
+                .collect()
+        }
+    };
+    for key in candidates {
+        tried.push(key.display().to_string());
+        match session.userauth_pubkey_file(&target.user, None, &key, None) {
+            Ok(()) if session.authenticated() => return Ok(()),
+            Ok(()) => {}
+            Err(e) => last = Some(e),
+        }
+    }
+    if tried.is_empty() {
+        tried.push("no key: no [ssh] key, no SSH agent, no ~/.ssh/id_* file".to_owned());
+    }
+    Err(SshError::Auth {
+        user: target.user.clone(),
+        host: target.host.clone(),
+        port: target.port,
+        tried: tried.join(", "),
+        source: last.unwrap_or_else(|| {
+            ssh2::Error::new(
+                ssh2::ErrorCode::Session(-18),
+                "no authentication method succeeded",
+            )
+        }),
+    })
 }
 
 fn read_capped(reader: &mut impl Read, command: &str) -> Result<Vec<u8>, SshError> {

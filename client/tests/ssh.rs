@@ -1,0 +1,298 @@
+//! `hpcs_client::ssh` against the test stack's real sshd: host-key checking, key
+//! authentication, quoted remote commands, SFTP transfers.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use hpcs_client::ssh::{SshError, SshSession, SshTarget, shell_join};
+use hpcs_test_support::{Stack, ns};
+
+fn target(stack: &Stack, key: &Path, known_hosts: &Path) -> SshTarget {
+    SshTarget {
+        host: stack.ssh_host.clone(),
+        port: stack.ssh_port,
+        user: "alice".into(),
+        key: Some(key.to_owned()),
+        known_hosts: known_hosts.to_owned(),
+        accept_new: false,
+        connect_timeout: Duration::from_secs(10),
+        op_timeout: Duration::from_secs(60),
+        keepalive: Duration::from_secs(15),
+    }
+}
+
+fn alice(stack: &Stack) -> SshTarget {
+    target(stack, &stack.alice.ssh_key, &stack.ssh_known_hosts)
+}
+
+/// A remote scratch directory owned by alice, removed on drop.
+struct RemoteDir<'a> {
+    ssh: &'a SshSession,
+    path: String,
+}
+
+impl<'a> RemoteDir<'a> {
+    fn new(ssh: &'a SshSession) -> Self {
+        let path = format!("/tmp/{}", ns("hpcs-ssh-test"));
+        ssh.mkdir_p(&path, 0o700).expect("create a remote scratch directory");
+        Self { ssh, path }
+    }
+}
+
+impl Drop for RemoteDir<'_> {
+    fn drop(&mut self) {
+        let _ = self.ssh.exec(&["rm", "-rf", "--", &self.path]);
+    }
+}
+
+#[test]
+fn hostile_arguments_reach_the_remote_command_verbatim() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let ssh = SshSession::connect(&alice(&stack)).unwrap();
+    let dir = RemoteDir::new(&ssh);
+    let canary = format!("{}/pwned", dir.path);
+    let args = [
+        "it's".to_owned(),
+        format!("$(touch {canary})"),
+        format!("`touch {canary}`"),
+        format!("; touch {canary}"),
+        "a\nb".to_owned(),
+        "\"$HOME\" \\ *".to_owned(),
+        String::new(),
+        "é ☃".to_owned(),
+    ];
+    let mut argv = vec!["printf".to_owned(), "%s\\0".to_owned()];
+    argv.extend(args.iter().cloned());
+    let out = ssh.exec(&argv).unwrap();
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    let mut want = Vec::new();
+    for a in &args {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    assert_eq!(out.stdout, want);
+    assert_eq!(ssh.stat(&canary).unwrap(), None, "an argument was executed");
+    assert!(shell_join(&["a\0b"]).is_err());
+}
+
+#[test]
+fn exec_reports_status_and_stderr() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let ssh = SshSession::connect(&alice(&stack)).unwrap();
+    let out = ssh
+        .exec(&["sh", "-c", "echo out; echo err >&2; exit 3"])
+        .unwrap();
+    assert_eq!(out.status, 3);
+    assert_eq!(out.stdout_text(), "out\n");
+    assert_eq!(out.stderr_text(), "err");
+    let err = ssh
+        .exec_ok(&["sh", "-c", "echo nope >&2; exit 4"])
+        .unwrap_err();
+    assert!(matches!(err, SshError::Remote { status: 4, ref stderr, .. } if stderr == "nope"));
+    assert!(ssh.has_command("sbatch").unwrap());
+    assert!(!ssh.has_command("no-such-program-hpcs").unwrap());
+    assert_eq!(ssh.remote_uid().unwrap(), stack.alice.uid);
+    ssh.keepalive().unwrap();
+}
+
+#[test]
+fn unknown_host_key_is_refused_before_authentication() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    let err = SshSession::connect(&target(&stack, Path::new("/nonexistent-key"), &kh)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, SshError::UnknownHostKey { .. }), "{text}");
+    assert!(
+        text.contains(&format!(
+            "host key of {} port {}",
+            stack.ssh_host, stack.ssh_port
+        )) && text.contains(&kh.display().to_string())
+            && text.contains("hint:"),
+        "{text}"
+    );
+    // A missing known_hosts file is the same refusal, not a crash.
+    let missing = tmp.path().join("missing");
+    let err = SshSession::connect(&target(&stack, &stack.alice.ssh_key, &missing)).unwrap_err();
+    assert!(matches!(err, SshError::UnknownHostKey { .. }), "{err}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn changed_host_key_is_refused_even_with_accept_new() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A key of the same type as the server's, but a different one.
+    let line = std::fs::read_to_string(&stack.ssh_known_hosts).unwrap();
+    let key_type = line.split_whitespace().nth(1).unwrap().to_owned();
+    let (kind, bits) = match key_type.as_str() {
+        "ssh-ed25519" => ("ed25519", "256"),
+        "ssh-rsa" => ("rsa", "2048"),
+        t => ("ecdsa", t.rsplit("nistp").next().unwrap()),
+    };
+    let keyfile = tmp.path().join("other");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-t", kind, "-b", bits, "-f"])
+        .arg(&keyfile)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let other = std::fs::read_to_string(keyfile.with_extension("pub")).unwrap();
+    let other_key = other.split_whitespace().nth(1).unwrap();
+    let kh = tmp.path().join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "[{}]:{} {key_type} {other_key}\n",
+            stack.ssh_host, stack.ssh_port
+        ),
+    )
+    .unwrap();
+    let mut t = target(&stack, &stack.alice.ssh_key, &kh);
+    t.accept_new = true;
+    let err = SshSession::connect(&t).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{text}");
+    assert!(
+        text.contains("man-in-the-middle") && text.contains("hint:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn accept_new_records_the_key_once() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let kh = tmp.path().join("known_hosts");
+    let mut t = target(&stack, &stack.alice.ssh_key, &kh);
+    t.accept_new = true;
+    SshSession::connect(&t).unwrap();
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    assert!(
+        recorded.contains(&format!("[{}]:{}", stack.ssh_host, stack.ssh_port)),
+        "{recorded}"
+    );
+    t.accept_new = false;
+    SshSession::connect(&t).unwrap();
+}
+
+#[test]
+fn wrong_key_is_a_clear_authentication_error() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let t = target(&stack, &stack.bob.ssh_key, &stack.ssh_known_hosts);
+    let err = SshSession::connect(&t).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, SshError::Auth { .. }), "{text}");
+    assert!(
+        text.contains("authentication as alice")
+            && text.contains(&stack.bob.ssh_key.display().to_string())
+            && text.contains("hint:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn closed_port_is_a_connect_error() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    // Bind and drop to find a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut t = alice(&stack);
+    t.port = port;
+    let err = SshSession::connect(&t).unwrap_err();
+    assert!(
+        matches!(err, SshError::Connect { port: p, .. } if p == port),
+        "{err}"
+    );
+}
+
+#[test]
+fn sftp_round_trip() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let ssh = SshSession::connect(&alice(&stack)).unwrap();
+    let dir = RemoteDir::new(&ssh);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let remote = format!("{}/blob.bin", dir.path);
+    let mut seen = Vec::new();
+    let n = ssh
+        .upload(data.as_slice(), &remote, 0o600, |p| seen.push(p))
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(seen.last(), Some(&n));
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    let st = ssh.stat(&remote).unwrap().unwrap();
+    assert!(st.is_file() && !st.is_dir());
+    assert_eq!(st.size, n);
+    assert_eq!(st.perm(), 0o600);
+    assert_eq!(st.uid, Some(stack.alice.uid));
+    assert_eq!(ssh.file_size(&remote).unwrap(), n);
+    assert!(ssh.stat(&dir.path).unwrap().unwrap().is_dir());
+    assert_eq!(
+        ssh.sha256(&remote).unwrap(),
+        hpcs_core::crypto::Sha256Digest::of(&data)
+    );
+
+    let mut back = Vec::new();
+    assert_eq!(ssh.download(&remote, &mut back).unwrap(), n);
+    assert_eq!(back, data);
+    let mut streamed = Vec::new();
+    ssh.open_read(&remote)
+        .unwrap()
+        .read_to_end(&mut streamed)
+        .unwrap();
+    assert_eq!(streamed, data);
+    assert_eq!(
+        ssh.read_from(&remote, 299_990, 100).unwrap(),
+        &data[299_990..]
+    );
+    assert_eq!(
+        ssh.read_from(&format!("{}/missing", dir.path), 0, 10)
+            .unwrap(),
+        b""
+    );
+    let err = ssh.read_small(&remote, 1000).unwrap_err();
+    assert!(
+        matches!(err, SshError::FileTooLarge { max: 1000, .. }),
+        "{err}"
+    );
+
+    // Replacing an existing file is atomic and leaves no temporary file behind.
+    ssh.upload(&b"second"[..], &remote, 0o600, |_| {}).unwrap();
+    assert_eq!(ssh.read_small(&remote, 100).unwrap(), b"second");
+    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+    assert_eq!(listing.stdout_text(), "blob.bin\n");
+
+    // Uploading into a missing directory fails and leaves nothing.
+    let err = ssh
+        .upload(
+            &b"x"[..],
+            &format!("{}/no/such/file", dir.path),
+            0o600,
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, SshError::Channel { .. }), "{err}");
+    assert_eq!(ssh.stat(&format!("{}/no", dir.path)).unwrap(), None);
+}
