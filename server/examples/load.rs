@@ -562,5 +562,14 @@ fn main() {
         let (tx, handle) = stop;
         let _ = tx.send(());
         handle.await.unwrap().unwrap();
+        // Leave the shared OpenBao as we found it.
+        for path in [
+            format!("sys/mounts/{kv}"),
+            format!("sys/auth/jwt-{ns}"),
+            format!("auth/token/roles/hpcs-client-write-{ns}"),
+            format!("sys/policy/{policy}"),
+        ] {
+            vault_call(&stack.bao_addr, &stack.bao_token, "DELETE", &path).await;
+        }
     });
 }

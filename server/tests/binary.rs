@@ -227,6 +227,7 @@ async fn serves_until_sigterm_then_exits_0_with_an_intact_audit_log() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("chain intact"));
+    v.cleanup(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,4 +273,5 @@ async fn serves_tls() {
     assert!(plain.is_err() || plain.unwrap().status() != 200);
     let (code, log) = server.sigterm();
     assert_eq!(code, 0, "{log}");
+    v.cleanup(&stack).await;
 }

@@ -238,6 +238,7 @@ async fn a_failure_at_any_vault_step_rolls_everything_back() {
     );
     let (record, _) = svc.create(&owner, request()).await.unwrap();
     assert_eq!(record.entries.len(), 4);
+    v.cleanup(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,6 +263,7 @@ async fn entries_created_behind_a_lost_answer_are_found_and_deleted() {
     };
     assert!(cleanup_failures.is_empty(), "{cleanup_failures:?}");
     assert_nothing_left(&stack, &v, &owner, &id).await;
+    v.cleanup(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,6 +386,7 @@ async fn expired_secrets_are_revoked_by_the_sweep() {
     assert_eq!(svc.sweep_expired().await.unwrap(), 1);
     assert_nothing_left(&stack, &v, &owner, &short.id).await;
     assert_eq!(svc.get(&owner, &long.id).await.unwrap().id, long.id);
+    v.cleanup(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,4 +442,5 @@ async fn stale_versions_conflict_and_failed_changes_undo_their_additions() {
         6
     );
     assert_eq!(svc.get(&owner, &record.id).await.unwrap(), updated);
+    v.cleanup(&stack).await;
 }

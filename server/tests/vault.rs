@@ -265,11 +265,12 @@ async fn server_policy_allows_the_server_its_work_and_no_more() {
         .delete_reader_role(&reader_role_name(&id))
         .await
         .unwrap();
+    v.cleanup(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_once_token_creates_exactly_one_record_once() {
-    let Some((_stack, v, _token, vault)) = setup().await else {
+    let Some((stack, v, _token, vault)) = setup().await else {
         return;
     };
     let id = SecretId::generate();
@@ -376,11 +377,12 @@ async fn write_once_token_creates_exactly_one_record_once() {
         )
         .await;
     assert_eq!(s, 403);
+    v.cleanup(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_index_lists_per_owner() {
-    let Some((stack, _v, _token, vault)) = setup().await else {
+    let Some((stack, v, _token, vault)) = setup().await else {
         return;
     };
     let alice = stack.client_id("alice");
@@ -407,4 +409,5 @@ async fn registry_index_lists_per_owner() {
             .is_empty()
     );
     assert!(vault.read_record(&ids[0]).await.unwrap().is_none());
+    v.cleanup(&stack).await;
 }

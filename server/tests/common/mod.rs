@@ -238,6 +238,53 @@ impl VaultNs {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Removes what this namespace left in the shared stack: the SPIRE entries of every secret in
+    /// its registry, its mounts, token role and server policy (the per-secret policies go with
+    /// the secrets' revocation; leftovers of failed tests are harmless and named per secret).
+    pub async fn cleanup(&self, stack: &Stack) {
+        let client = reqwest::Client::new();
+        let call = |method: &str, path: String| {
+            client
+                .request(method.parse().unwrap(), format!("{}/v1/{path}", self.addr))
+                .header("X-Vault-Token", &self.root)
+                .timeout(Duration::from_secs(5))
+                .send()
+        };
+        // Best effort: a test may have stopped this Vault on purpose.
+        let Ok(res) = call(
+            "LIST",
+            format!("{}/metadata/_registry/secrets", self.kv_mount),
+        )
+        .await
+        else {
+            return;
+        };
+        let list: Value = res.json().await.unwrap_or(Value::Null);
+        let spire = stack.spire();
+        for id in list["data"]["keys"].as_array().into_iter().flatten() {
+            let Some(id) = id.as_str() else { continue };
+            let reader = stack.id(&format!("/hpcs/secret/{id}"));
+            if let Ok(entries) = spire.list_by_spiffe_id(&reader).await {
+                let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+                let _ = spire.delete_entries(&ids).await;
+            }
+            for name in [
+                format!("hpcs-secret-{id}-read"),
+                format!("hpcs-secret-{id}-write"),
+            ] {
+                let _ = call("DELETE", format!("sys/policy/{name}")).await;
+            }
+        }
+        for path in [
+            format!("sys/mounts/{}", self.kv_mount),
+            format!("sys/auth/{}", self.auth_mount),
+            format!("auth/token/roles/{}", self.token_role),
+            format!("sys/policy/{}", self.server_policy),
+        ] {
+            let _ = call("DELETE", path).await;
+        }
+    }
+
     /// A token carrying exactly the server policy (what the server's login yields).
     pub async fn server_token(&self) -> String {
         let (status, body) = self
@@ -501,6 +548,9 @@ impl TestServer {
             task.await.unwrap().unwrap();
         }
         self.source.shutdown().await;
+        if let Some(stack) = stack() {
+            self.vault.cleanup(&stack).await;
+        }
     }
 }
 
