@@ -57,6 +57,22 @@ pub enum Command {
         /// Job id.
         job: String,
     },
+    /// Download a finished job's encrypted output, decrypt it with your output identity and
+    /// unpack it safely into `<DIR>/<JOBID>/`.
+    FetchOutput {
+        /// Job id.
+        job: String,
+        /// The job's working directory on the cluster (`-s/--workdir` of the submission).
+        #[arg(short = 's', long)]
+        workdir: String,
+        /// Local directory to unpack into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Output identity file (default: `[client] identity-file`, else
+        /// `~/.config/hpcs/output-identity.txt`).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
 }
 
 /// Flags of a submission.
@@ -101,6 +117,10 @@ pub struct SubmitArgs {
     /// Follow the job: stream its output and exit with its result.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// After the job completed successfully, fetch, decrypt and unpack its output into
+    /// `<DIR>/<JOBID>/` (implies --follow).
+    #[arg(long, value_name = "DIR")]
+    pub fetch_output: Option<PathBuf>,
     /// Print the job id as JSON.
     #[arg(long)]
     pub json: bool,
@@ -150,8 +170,96 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("cancelled job {job}");
             Ok(0)
         }
+        Some(Command::FetchOutput {
+            job,
+            workdir,
+            to,
+            identity,
+        }) => {
+            let job: JobId = job.parse()?;
+            let identity_file = identity_path(identity, config.identity_file.as_deref())?;
+            let identity = hpcs_core::secret::read_identity_file(&identity_file)?;
+            let dir = fetch_output(&ssh, &job, &workdir, &to, &identity)?;
+            println!("{}", dir.display());
+            Ok(0)
+        }
         None => submit(&ssh, cli.submit, config.identity_file.as_deref()),
     }
+}
+
+/// Downloads `<workdir>/output/<job>.tar.age`, decrypts it with `identity` and unpacks it into
+/// `<to>/<job>/`. The ciphertext is staged in a 0600 file next to the destination; plaintext is
+/// unpacked into `<to>/<job>.partial` and renamed into place only when decryption and unpacking
+/// both succeeded, so a tampered or truncated output never leaves a plausible-looking result.
+///
+/// # Errors
+///
+/// SSH failures, a missing output, decryption failures (wrong identity, tampering, truncation)
+/// and unsafe archive entries.
+pub fn fetch_output(
+    ssh: &SshSession,
+    job: &JobId,
+    workdir: &str,
+    to: &Path,
+    identity: &hpcs_core::secret::AgeIdentity,
+) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    if workdir.contains('\0') || !workdir.starts_with('/') {
+        bail!("--workdir {workdir:?}: expected an absolute path on the cluster");
+    }
+    let remote = format!("{}/output/{job}.tar.age", workdir.trim_end_matches('/'));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(to)
+        .with_context(|| format!("failed to create {}", to.display()))?;
+    let final_dir = to.join(job.to_string());
+    if final_dir.exists() {
+        bail!(
+            "{} exists already\nhint: move it away or choose another --to",
+            final_dir.display()
+        );
+    }
+    let staged = to.join(format!(".{job}.tar.age.part"));
+    let partial = to.join(format!("{job}.partial"));
+    let result = (|| -> anyhow::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged)
+            .with_context(|| format!("failed to create {}", staged.display()))?;
+        let bytes = ssh
+            .download(&remote, std::io::BufWriter::new(file))
+            .with_context(|| format!("failed to download the output of job {job}"))?;
+        eprintln!("downloaded {remote} ({bytes} bytes)");
+        let cipher = std::fs::File::open(&staged)
+            .with_context(|| format!("failed to open {}", staged.display()))?;
+        let reader =
+            hpcs_core::crypto::decrypt_reader(std::io::BufReader::new(cipher), identity, None)
+                .with_context(|| format!("failed to decrypt {remote} with your output identity"))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&partial)
+            .with_context(|| format!("failed to create {}", partial.display()))?;
+        let summary = hpcs_core::archive::unpack_safe(reader, &partial)
+            .with_context(|| format!("failed to decrypt and unpack the output of job {job}"))?;
+        std::fs::rename(&partial, &final_dir)
+            .with_context(|| format!("failed to move the output to {}", final_dir.display()))?;
+        eprintln!(
+            "unpacked {} entries ({} bytes) into {}",
+            summary.entries,
+            summary.file_bytes,
+            final_dir.display()
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&staged);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result.map(|()| final_dir)
 }
 
 fn identity_path(flag: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -254,10 +362,17 @@ fn submit(ssh: &SshSession, a: SubmitArgs, config_identity: Option<&Path>) -> an
     } else {
         println!("{job}");
     }
-    if !a.follow {
+    if !a.follow && a.fetch_output.is_none() {
         return Ok(0);
     }
-    follow(ssh, &job, &spec.workdir)
+    let code = follow(ssh, &job, &spec.workdir)?;
+    if code == 0
+        && let Some(to) = &a.fetch_output
+    {
+        let dir = fetch_output(ssh, &job, &spec.workdir, to, &identity)?;
+        println!("{}", dir.display());
+    }
+    Ok(code)
 }
 
 /// Streams the job's stdout and stderr and reports state changes until it ends; returns 0 if it
