@@ -218,3 +218,43 @@ async fn round_trips_a_tree_and_refuses_a_fifo() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_failure_revokes_the_registered_secret() {
+    let Some(stack) = common::stack() else {
+        return;
+    };
+    let st = hpcs_test_support::Stack::load();
+    let server = TestServer::start(&stack).await;
+    let (_tmp, env) = alice_env(&st, &server);
+    // The client's Vault is unreachable: the registration succeeds, the key write fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ini = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&st.bao_addr, &format!("http://127.0.0.1:{closed}"));
+    std::fs::write(&env.config, ini).unwrap();
+    let input = env.dir.join("input");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("f"), b"data").unwrap();
+    chown_r(&env.dir, st.alice.uid, st.alice.gid);
+
+    let out = data_prep(&st, &env, &input, "novault");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was revoked after a failure"), "{stderr}");
+    assert!(
+        stderr.contains("failed to write the key to Vault"),
+        "{stderr}"
+    );
+    assert_eq!(
+        secrets_of_alice(&stack, &server).await,
+        0,
+        "no orphan secret"
+    );
+    assert!(!env.remote.join("novault.age").exists());
+    server.stop().await;
+}
