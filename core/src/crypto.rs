@@ -1,8 +1,10 @@
 //! Streaming age (X25519) encryption and decryption with on-the-fly ciphertext hashing.
 //!
-//! Images and data sets are many gigabytes, so everything here streams with constant memory:
-//! 1 MiB read buffers, 1 MiB `BufWriter`s and age's 64 KiB STREAM chunks. The SHA-256 and size
-//! recorded for an artefact (in Vault and in the info file) are those of the **ciphertext**, so
+//! Images and data sets are many gigabytes, so everything here streams with constant memory.
+//! [`encrypt`] and [`decrypt`] process age's 64 KiB STREAM chunks on all cores, a bounded number
+//! of 4 MiB batches at a time (the `parallel` submodule; the output is the standard age format);
+//! [`decrypt_reader`] uses the `age` crate's single-threaded stream with 1 MiB buffers. The
+//! SHA-256 and size recorded for an artefact (in Vault and in the info file) are those of the **ciphertext**, so
 //! anyone can check a file on shared storage without the key, and they are computed while the
 //! bytes pass through: encryption hashes what it writes, decryption hashes what it reads.
 //!
