@@ -304,6 +304,8 @@ pub struct RawSupercomputer {
     pub address: Option<String>,
     /// The user's account on the cluster.
     pub username: Option<String>,
+    /// Path of `hpcs-node` on the compute nodes (job-prep).
+    pub hpcs_node: Option<String>,
 }
 
 /// Raw `[ssh]`.
@@ -1299,6 +1301,9 @@ pub struct SupercomputerConfig {
     pub address: String,
     /// `username` (required): the user's account on the cluster.
     pub username: UserName,
+    /// `hpcs-node`: the node runtime as the batch script calls it, an absolute path on the
+    /// compute nodes or a command name looked up on their `PATH`; unset means `hpcs-node`.
+    pub hpcs_node: Option<String>,
 }
 
 /// `[ssh]`.
@@ -1410,6 +1415,7 @@ impl TryFrom<RawIni<RawClientConfig>> for ClientConfig {
             SupercomputerConfig {
                 address: s.require("address", s.host("address", &r.address)?)?,
                 username: s.require("username", s.id("username", &r.username)?)?,
+                hpcs_node: s.with("hpcs-node", &r.hpcs_node, remote_command)?,
             }
         };
 
@@ -1902,6 +1908,25 @@ pub fn load_client(path: &Path) -> Result<ClientConfig, ConfigError> {
     RawIni::<RawClientConfig>::load(path)?.try_into()
 }
 
+/// A program on the cluster: an absolute path or a bare command name, of characters that need
+/// no quoting anywhere (`[A-Za-z0-9_./+-]`), without `.` or `..` components.
+fn remote_command(v: &str) -> Result<String, &'static str> {
+    const EXPECTED: &str =
+        "an absolute path or a command name of [A-Za-z0-9_./+-], without . or .. components";
+    let charset = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '+' | '-'));
+    let shape = v.starts_with('/') || !v.contains('/');
+    let components = v
+        .split('/')
+        .skip(1)
+        .all(|c| !c.is_empty() && c != "." && c != "..");
+    if v.len() > 4096 || !charset || !shape || !components || v == "." || v == ".." {
+        return Err(EXPECTED);
+    }
+    Ok(v.to_owned())
+}
+
 /// Loads and validates a server config file.
 ///
 /// # Errors
@@ -2013,6 +2038,7 @@ trust-domain = hpcs.test
         assert_eq!(c.vault.url.as_str(), "http://localhost:8200/");
         assert_eq!(c.supercomputer.address, "lumi.csc.fi");
         assert_eq!(c.supercomputer.username.as_str(), "etellier");
+        assert_eq!(c.supercomputer.hpcs_node, None);
         assert_eq!(c.ssh, SshConfig::default());
         assert!(!c.ssh.accept_new_host_keys);
         assert_eq!(c.spire_agent, None);
@@ -2218,6 +2244,22 @@ identity-file = \"\"
     #[case::bad_duration_unit(format!("{HPCS_CLIENT}[ssh]\nconnect-timeout = 5 minutes\n"), "expected a positive duration")]
     #[case::tilde_user(format!("{HPCS_CLIENT}[ssh]\nkey = ~bob/key\n"), "`~user/` is not supported")]
     #[case::nul(format!("{HPCS_CLIENT}[ssh]\nkey = a\0b\n"), "NUL character")]
+    #[case::hpcs_node_relative(
+        with_line(HPCS_CLIENT, "supercomputer", "hpcs-node = bin/hpcs-node"),
+        "[supercomputer] hpcs-node = \"bin/hpcs-node\": expected an absolute path or a command name"
+    )]
+    #[case::hpcs_node_space(
+        with_line(HPCS_CLIENT, "supercomputer", "hpcs-node = /opt/hpcs node"),
+        "expected an absolute path or a command name"
+    )]
+    #[case::hpcs_node_dots(
+        with_line(HPCS_CLIENT, "supercomputer", "hpcs-node = /opt/../bin/x"),
+        "without . or .. components"
+    )]
+    #[case::hpcs_node_shell(
+        with_line(HPCS_CLIENT, "supercomputer", "hpcs-node = $(id)"),
+        "expected an absolute path or a command name"
+    )]
     fn client_errors(#[case] text: String, #[case] msg: &str) {
         let err = ClientConfig::from_ini_str(&text, origin()).unwrap_err();
         let full = chain(&err);
@@ -2446,7 +2488,7 @@ url = http://127.0.0.1:8200
                 "vault"
             ]
         );
-        assert_eq!(client["supercomputer"], "address, username");
+        assert_eq!(client["supercomputer"], "address, username, hpcs-node");
     }
 
     #[test]
