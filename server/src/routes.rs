@@ -192,6 +192,10 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Register a secret.
+///
+/// # Errors
+///
+/// An [`ApiError`] with the statuses listed in the OpenAPI responses.
 #[utoipa::path(
     post,
     path = "/api/v1/secrets",
@@ -254,6 +258,10 @@ fn no_store<T: Serialize>(body: Json<T>) -> impl IntoResponse {
 }
 
 /// The caller's secrets.
+///
+/// # Errors
+///
+/// An [`ApiError`] with the statuses listed in the OpenAPI responses.
 #[utoipa::path(
     get,
     path = "/api/v1/secrets",
@@ -283,6 +291,10 @@ pub async fn list_secrets(
 }
 
 /// One of the caller's secrets.
+///
+/// # Errors
+///
+/// An [`ApiError`] with the statuses listed in the OpenAPI responses.
 #[utoipa::path(
     get,
     path = "/api/v1/secrets/{id}",
@@ -320,6 +332,10 @@ pub async fn get_secret(
 }
 
 /// Add or remove readers and nodes.
+///
+/// # Errors
+///
+/// An [`ApiError`] with the statuses listed in the OpenAPI responses.
 #[utoipa::path(
     patch,
     path = "/api/v1/secrets/{id}",
@@ -366,6 +382,10 @@ pub async fn update_secret(
 }
 
 /// Revoke a secret.
+///
+/// # Errors
+///
+/// An [`ApiError`] with the statuses listed in the OpenAPI responses.
 #[utoipa::path(
     delete,
     path = "/api/v1/secrets/{id}",

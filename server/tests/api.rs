@@ -12,7 +12,10 @@ use common::{
 use hpcs_server::spire::EntryStore as _;
 use serde_json::{Value, json};
 
+/// Not a test: the entry point of the helper process that fetches SVIDs as another user (see
+/// `common::fetch_jwt_as`); ignored in normal runs.
 #[test]
+#[ignore = "helper process entry point, run by common::fetch_jwt_as"]
 fn zz_helper() {
     common::helper_main();
 }

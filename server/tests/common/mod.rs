@@ -373,7 +373,14 @@ pub fn fetch_jwt_as(
             spiffe_id.map(ToString::to_string).unwrap_or_default()
         ))
         .arg(exe)
-        .args(["--exact", "zz_helper", "--nocapture", "--test-threads", "1"]);
+        .args([
+            "--exact",
+            "zz_helper",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ]);
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
