@@ -35,7 +35,8 @@ struct RemoteDir<'a> {
 impl<'a> RemoteDir<'a> {
     fn new(ssh: &'a SshSession) -> Self {
         let path = format!("/tmp/{}", ns("hpcs-ssh-test"));
-        ssh.mkdir_p(&path, 0o700).expect("create a remote scratch directory");
+        ssh.mkdir_p(&path, 0o700)
+            .expect("create a remote scratch directory");
         Self { ssh, path }
     }
 }
