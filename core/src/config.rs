@@ -1482,7 +1482,7 @@ pub struct ServerSection {
     pub allow_plain_http: bool,
     /// `audience`, default [`DEFAULT_SERVER_AUDIENCE`].
     pub audience: String,
-    /// `audit-log`: append-only JSON lines; unset means audit events go to the log only.
+    /// `audit-log`: append-only JSON lines; optional here, required by hpcs-server.
     pub audit_log: Option<PathBuf>,
     /// `client-id-prefix`, default `/client/`.
     pub client_id_prefix: ClientPrefix,
