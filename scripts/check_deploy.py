@@ -542,6 +542,37 @@ def check_openbao(report: Report, repo: Path) -> None:
 # Shell scripts shipped for deployment
 
 
+def check_node(report: Report, repo: Path) -> None:
+    """deploy/node: the SPIRE agent config parses and agrees with node.ini and the server side."""
+
+    def run() -> None:
+        node = repo / "deploy/node"
+        agent = hcl.loads((node / "spire-agent.conf").read_text())
+        ini = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
+        ini.read_string((node / "node.ini").read_text())
+        a = agent["agent"]
+        assert a["socket_path"] == ini["spire-agent"]["socket-path"], (
+            "spire-agent.conf socket_path differs from node.ini [spire-agent] socket-path"
+        )
+        assert a["trust_domain"] == ini["spire-agent"]["trust-domain"], (
+            "spire-agent.conf trust_domain differs from node.ini [spire-agent] trust-domain"
+        )
+        plugins = agent["plugins"]
+        assert "x509pop" in plugins["NodeAttestor"], "compute nodes attest with x509pop"
+        assert "unix" in plugins["WorkloadAttestor"], "jobs are attested by the unix attestor"
+        server = hcl.loads((repo / "compose/server/config/spire-server.conf").read_text())
+        attestors = server["plugins"]["NodeAttestor"]
+        names = [k for e in (attestors if isinstance(attestors, list) else [attestors]) for k in e]
+        assert "x509pop" in names, "the SPIRE server does not accept x509pop nodes"
+        assert str(server["server"]["bind_port"]) == str(a["server_port"]), (
+            "the node agent does not dial the SPIRE server's port"
+        )
+        unit = (node / "spire-agent.service").read_text()
+        assert "-config /etc/spire/agent.conf" in unit, "spire-agent.service runs another config"
+
+    report.check("compute-node files agree (deploy/node)", run)
+
+
 def shell_scripts(repo: Path) -> list[Path]:
     found = [repo / "scripts/check-deploy"]
     for top in ("compose", "deploy"):
@@ -636,6 +667,7 @@ def main() -> int:
 
     check_compose(report, repo, args.compose, args.compose_note)
     check_openbao(report, repo)
+    check_node(report, repo)
     check_shell(report, repo)
 
     skipped = f", {report.skipped} skipped" if report.skipped else ""
