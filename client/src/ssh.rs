@@ -20,6 +20,16 @@ use hpcs_core::crypto::Sha256Digest;
 /// Largest stdout or stderr kept from one [`SshSession::exec`].
 pub const EXEC_OUTPUT_CAP: usize = 4 * 1024 * 1024;
 
+/// Size of each read and write handed to libssh2's SFTP layer by the streaming transfers.
+///
+/// libssh2 pipelines within one call: a write is split into 30000-byte `FXP_WRITE` packets that
+/// are all sent before their acknowledgements are awaited, and a read keeps up to 4x the
+/// caller's buffer (at most 8 MiB) of `FXP_READ` requests in flight. With 8-64 KiB buffers only
+/// one to three requests are outstanding and transfers are bound by round trips; 4 MiB keeps
+/// about 140 writes or 280 reads in flight (OpenSSH's sftp client keeps 64 requests of 32 KiB),
+/// and the write pipeline drains once per 4 MiB. See docs/performance.md.
+const SFTP_IO_SIZE: usize = 4 * 1024 * 1024;
+
 /// Errors of the SSH layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -431,11 +441,10 @@ impl SshSession {
                     ssh2::OpenType::File,
                 )
                 .map_err(chan(format!("create {}", tmp.display())))?;
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; SFTP_IO_SIZE];
             let mut total = 0u64;
             loop {
-                let n = reader
-                    .read(&mut buf)
+                let n = read_full(&mut reader, &mut buf)
                     .map_err(io_err(format!("read the data for {remote}")))?;
                 if n == 0 {
                     break;
@@ -471,7 +480,21 @@ impl SshSession {
         let mut file = sftp
             .open(Path::new(remote))
             .map_err(chan(format!("open {remote}")))?;
-        std::io::copy(&mut file, &mut writer).map_err(io_err(format!("download {remote}")))
+        // Not `std::io::copy`: its 8 KiB buffer would leave libssh2 32 KiB of read-ahead.
+        let mut buf = vec![0u8; SFTP_IO_SIZE];
+        let mut total = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(format!("download {remote}"))(e)),
+            };
+            writer
+                .write_all(&buf[..n])
+                .map_err(io_err(format!("download {remote}")))?;
+            total += n as u64;
+        }
     }
 
     /// Opens `remote` for streaming reads.
@@ -485,7 +508,7 @@ impl SshSession {
             .open(Path::new(remote))
             .map_err(chan(format!("open {remote}")))?;
         Ok(RemoteFile {
-            file,
+            file: std::io::BufReader::with_capacity(SFTP_IO_SIZE, file),
             path: remote.to_owned(),
         })
     }
@@ -624,8 +647,11 @@ impl SshSession {
 }
 
 /// A remote file opened for reading; implements [`Read`].
+///
+/// Reads go to libssh2 in [`SFTP_IO_SIZE`] pieces whatever the caller's buffer size, so the
+/// read-ahead stays deep for callers that read in small pieces (the age decryptor reads 64 KiB).
 pub struct RemoteFile {
-    file: ssh2::File,
+    file: std::io::BufReader<ssh2::File>,
     path: String,
 }
 
@@ -727,6 +753,20 @@ fn authenticate(session: &ssh2::Session, target: &SshTarget) -> Result<(), SshEr
     })
 }
 
+/// Reads until `buf` is full or the reader is at its end; the count is short only at the end.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 fn read_capped(reader: &mut impl Read, command: &str) -> Result<Vec<u8>, SshError> {
     let mut out = Vec::new();
     reader
@@ -811,6 +851,32 @@ mod tests {
     #[case("''", "''\\'''\\'''")]
     fn quotes(#[case] input: &str, #[case] want: &str) {
         assert_eq!(shell_quote(input).unwrap(), want);
+    }
+
+    /// A reader that hands out at most 3 bytes per call, like a pipe or a socket may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(3).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_full_fills_the_buffer_until_the_end() {
+        let data: Vec<u8> = (0..=255).collect();
+        let mut r = Trickle(&data);
+        let mut buf = [0u8; 100];
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 100);
+        assert_eq!(buf[..], data[..100]);
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 100);
+        assert_eq!(buf[..], data[100..200]);
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 56);
+        assert_eq!(buf[..56], data[200..]);
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 0);
     }
 
     #[test]
