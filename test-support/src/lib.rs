@@ -4,12 +4,15 @@
 //! - [`Stack`]: the typed contents of the stack's env file.
 //! - [`ns`]: a unique namespace per test, so tests sharing one stack run in parallel.
 //! - [`run_as`]: a `Command` that runs as one of the test users.
+//! - [`cli_docs`]: checks that `docs/cli.md` documents every flag of a binary (no stack needed).
 //!
 //! A test that needs the stack calls [`Stack::load`], which panics with the command that starts the
 //! stack when it is missing. A developer may opt out with `HPCS_ALLOW_NO_STACK=1` through
 //! [`Stack::load_or_skip`]; CI (`CI=true`) ignores that variable, so a missing stack fails there.
 
 #![allow(clippy::panic, clippy::expect_used)] // Test support: a broken stack must fail the test loudly.
+
+pub mod cli_docs;
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -1,0 +1,11 @@
+//! docs/cli.md documents every long flag, alias, environment variable and subcommand that
+//! `data-prep --help` shows, each in its command's section.
+
+#[test]
+fn cli_reference_documents_every_flag() {
+    hpcs_test_support::cli_docs::check_binary(
+        std::path::Path::new(env!("CARGO_BIN_EXE_data-prep")),
+        "data-prep",
+        &hpcs_test_support::cli_docs::doc_path(),
+    );
+}
