@@ -1,8 +1,9 @@
 //! Streaming age (X25519) encryption and decryption with on-the-fly ciphertext hashing.
 //!
 //! Images and data sets are many gigabytes, so everything here streams with constant memory.
-//! [`encrypt`] and [`decrypt`] process age's 64 KiB STREAM chunks on all cores, a bounded number
-//! of 4 MiB batches at a time (the `parallel` submodule; the output is the standard age format);
+//! [`encrypt`] and [`decrypt`] process age's 64 KiB STREAM chunks on all cores with OpenSSL's
+//! ChaCha20-Poly1305, a bounded number of 1 MiB batches at a time, I/O on the calling thread and
+//! hashing on a thread of its own (the `parallel` submodule; the output is the standard age format);
 //! [`decrypt_reader`] uses the `age` crate's single-threaded stream with 1 MiB buffers. The
 //! SHA-256 and size recorded for an artefact (in Vault and in the info file) are those of the **ciphertext**, so
 //! anyone can check a file on shared storage without the key, and they are computed while the
@@ -135,6 +136,14 @@ pub enum CryptoError {
     ReadFile {
         /// The file.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The ChaCha20-Poly1305 implementation (OpenSSL's libcrypto) failed to set up or run; not
+    /// an authentication failure, which is [`CryptoError::Decrypt`].
+    #[error("the ChaCha20-Poly1305 implementation (OpenSSL) failed")]
+    Backend {
         /// The cause.
         #[source]
         source: io::Error,
