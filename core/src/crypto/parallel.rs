@@ -28,8 +28,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::num::NonZeroUsize;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use age_core::format::{FileKey, Stanza};
 use age_core::secrecy::ExposeSecret as _;
@@ -578,85 +579,115 @@ fn auth_error(counter: u64, why: Reject) -> io::Error {
     )
 }
 
-/// Parallel [`super::decrypt`].
-pub(super) fn decrypt<R: Read, W: Write>(
-    mut ciphertext: R,
-    plaintext: W,
-    identity: &AgeIdentity,
-    expected: Option<&CipherSummary>,
-) -> Result<DecryptSummary, CryptoError> {
-    let limit = expected.map(|e| e.size);
-    let too_long = |size: u64, written: u64| -> Result<(), CryptoError> {
-        match limit {
+/// What [`Opener::next`] yields.
+enum Opened {
+    /// An opened batch; more follow.
+    More(Batch),
+    /// The final opened batch, with the digest and size of the whole ciphertext. The caller
+    /// compares them with the expected ones before releasing this batch.
+    Final(Batch, CipherSummary),
+}
+
+/// The decryption pipeline, pulled batch by batch by `decrypt` and [`DecryptReader`]. The
+/// calling thread reads (in [`Opener::next`]); the hasher and worker threads own what they use
+/// and end on their own when the opener is dropped (the hasher's queue closes, then the
+/// workers').
+pub(super) struct Opener<R> {
+    input: io::Chain<io::Cursor<Vec<u8>>, R>,
+    limit: Option<u64>,
+    size: u64,
+    counter: u64,
+    hash_tx: Option<Sender<Job>>,
+    hasher: Option<JoinHandle<Sha256>>,
+    results: VecDeque<Receiver<Result<Batch, ChunkError>>>,
+    free: Vec<Batch>,
+    allocated: usize,
+    /// A full batch whose last-chunk flag waits for the next read.
+    pending: Option<Batch>,
+}
+
+fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(
+    name: &str,
+    f: F,
+) -> Result<JoinHandle<T>, CryptoError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(backend_error)
+}
+
+impl<R: Read> Opener<R> {
+    /// Reads and checks the header, derives the payload key and starts the threads.
+    fn new(
+        mut ciphertext: R,
+        identity: &AgeIdentity,
+        limit: Option<u64>,
+    ) -> Result<Self, CryptoError> {
+        let too_long = |size: u64| match limit {
             Some(l) if size > l => Err(CryptoError::CiphertextTooLong {
                 expected_size: l,
-                plaintext_written: written,
+                plaintext_written: 0,
             }),
             _ => Ok(()),
-        }
-    };
-    let read_err = |written, source| CryptoError::ReadCiphertext {
-        plaintext_written: written,
-        source,
-    };
+        };
+        // Read just enough for the header, then let age parse it and check its MAC.
+        let mut pre = Vec::with_capacity(4096);
+        let mut piece = [0u8; 4096];
+        let header_len = loop {
+            if let Some(end) = header_end(&pre) {
+                break end.min(pre.len());
+            }
+            let n = read_full(&mut ciphertext, &mut piece).map_err(|source| {
+                CryptoError::ReadCiphertext {
+                    plaintext_written: 0,
+                    source,
+                }
+            })?;
+            pre.extend_from_slice(&piece[..n]);
+            too_long(pre.len() as u64)?;
+            if n < piece.len() || pre.len() > MAX_HEADER_BYTES {
+                break header_end(&pre).unwrap_or(pre.len()).min(pre.len());
+            }
+        };
+        let slot = FileKeySlot::default();
+        let wrapper = CapturingIdentity {
+            inner: identity.as_age(),
+            slot: &slot,
+        };
+        let header_err = |source| match source {
+            age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
+            source => CryptoError::InvalidHeader { source },
+        };
+        let decryptor = age::Decryptor::new(&pre[..header_len]).map_err(header_err)?;
+        drop(
+            decryptor
+                .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
+                .map_err(header_err)?,
+        );
+        let file_key = slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("age unwrapped the file key with this identity");
+        let key = Arc::new(PayloadKey::derive(
+            &file_key,
+            &pre[header_len - NONCE_BYTES..header_len],
+        ));
+        drop(file_key);
+        // Fail here, not on a worker, if OpenSSL cannot provide the cipher.
+        drop(ChunkCipher::new(&key, false).map_err(init_error)?);
 
-    // Read just enough for the header, then let age parse it and check its MAC.
-    let mut pre = Vec::with_capacity(4096);
-    let mut piece = [0u8; 4096];
-    let header_len = loop {
-        if let Some(end) = header_end(&pre) {
-            break end.min(pre.len());
-        }
-        let n = read_full(&mut ciphertext, &mut piece).map_err(|e| read_err(0, e))?;
-        pre.extend_from_slice(&piece[..n]);
-        too_long(pre.len() as u64, 0)?;
-        if n < piece.len() || pre.len() > MAX_HEADER_BYTES {
-            break header_end(&pre).unwrap_or(pre.len()).min(pre.len());
-        }
-    };
-    let slot = FileKeySlot::default();
-    let wrapper = CapturingIdentity {
-        inner: identity.as_age(),
-        slot: &slot,
-    };
-    let header_err = |source| match source {
-        age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
-        source => CryptoError::InvalidHeader { source },
-    };
-    let decryptor = age::Decryptor::new(&pre[..header_len]).map_err(header_err)?;
-    drop(
-        decryptor
-            .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
-            .map_err(header_err)?,
-    );
-    let file_key = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .expect("age unwrapped the file key with this identity");
-    let key = PayloadKey::derive(&file_key, &pre[header_len - NONCE_BYTES..header_len]);
-    drop(file_key);
-    drop(ChunkCipher::new(&key, false).map_err(init_error)?);
-
-    let mut hasher = Sha256::new();
-    hasher.update(&pre[..header_len]);
-    let mut size = header_len as u64;
-    let mut input = io::Cursor::new(pre[header_len..].to_vec()).chain(ciphertext);
-    let mut out = Counting {
-        inner: plaintext,
-        written: 0,
-    };
-
-    std::thread::scope(|s| {
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
         for _ in 0..workers() {
-            let (jobs, key) = (Arc::clone(&job_rx), &key);
-            s.spawn(move || work(&jobs, key, false));
+            let (jobs, key) = (Arc::clone(&job_rx), Arc::clone(&key));
+            spawn("hpcs-age-open", move || work(&jobs, &key, false))?;
         }
         // Ciphertext batches pass through the hasher in order, then on to the workers.
+        let mut hasher = Sha256::new();
+        hasher.update(&pre[..header_len]);
         let (hash_tx, hash_rx) = mpsc::channel::<Job>();
-        let hasher = s.spawn(move || {
+        let hasher = spawn("hpcs-age-hash", move || {
             for job in hash_rx {
                 hasher.update(&job.batch.buf[..job.batch.input_len(CT_CHUNK_BYTES)]);
                 if job_tx.send(job).is_err() {
@@ -664,122 +695,324 @@ pub(super) fn decrypt<R: Read, W: Write>(
                 }
             }
             hasher
-        });
-        let dispatch = |batch: Batch| {
-            let (done_tx, done_rx) = mpsc::sync_channel(1);
-            // Fails only if the hasher is gone (it panicked; the scope re-raises the panic),
-            // in which case `done_rx` reports a lost worker.
-            let _ = hash_tx.send(Job {
+        })?;
+        Ok(Self {
+            input: io::Cursor::new(pre[header_len..].to_vec()).chain(ciphertext),
+            limit,
+            size: header_len as u64,
+            counter: 0,
+            hash_tx: Some(hash_tx),
+            hasher: Some(hasher),
+            results: VecDeque::new(),
+            free: Vec::new(),
+            allocated: 0,
+            pending: None,
+        })
+    }
+
+    fn dispatch(&mut self, batch: Batch) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if let Some(tx) = &self.hash_tx {
+            // Fails only if the hasher is gone; `done_rx` then reports a lost worker.
+            let _ = tx.send(Job {
                 batch,
                 done: done_tx,
             });
-            done_rx
-        };
-        let mut results: VecDeque<Receiver<Result<Batch, ChunkError>>> = VecDeque::new();
+        }
+        self.results.push_back(done_rx);
+    }
 
-        /// Waits for the oldest batch in flight.
-        fn next_opened(
-            results: &mut VecDeque<Receiver<Result<Batch, ChunkError>>>,
-            written: u64,
-        ) -> Result<Batch, CryptoError> {
-            let rx = results.pop_front().expect("a batch is in flight");
-            rx.recv()
-                .unwrap_or(Err(ChunkError::Lost))
-                .map_err(|e| e.into_crypto(written))
-        }
-        let write_err = |written, source| CryptoError::WritePlaintext {
-            plaintext_written: written,
-            source,
-        };
+    /// Whether another batch can be read now.
+    fn can_read(&self) -> bool {
+        self.hash_tx.is_some() && (!self.free.is_empty() || self.allocated < IN_FLIGHT)
+    }
 
-        let mut free: Vec<Batch> = Vec::new();
-        let mut allocated = 0usize;
-        let mut counter = 0u64;
-        let mut pending: Option<Batch> = None;
-        loop {
-            // Write every batch that is ready (in order; the final batch is not dispatched
-            // before this loop ends), then find a buffer for the next read.
-            while let Some(rx) = results.front() {
-                let result = match rx.try_recv() {
-                    Ok(result) => result,
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => Err(ChunkError::Lost),
-                };
-                results.pop_front();
-                let batch = result.map_err(|e| e.into_crypto(out.written))?;
-                out.put(&batch).map_err(|e| write_err(out.written, e))?;
-                free.push(batch);
-            }
-            let mut batch = match free.pop() {
-                Some(b) => b,
-                None if allocated < IN_FLIGHT => {
-                    allocated += 1;
-                    Batch::new()
-                }
-                None => {
-                    let batch = next_opened(&mut results, out.written)?;
-                    out.put(&batch).map_err(|e| write_err(out.written, e))?;
-                    batch
-                }
-            };
-            batch.first = counter;
-            batch.last = false;
-            let ended = batch
-                .fill(&mut input, CT_CHUNK_BYTES)
-                .map_err(|e| read_err(out.written, e))?;
-            size += batch.input_len(CT_CHUNK_BYTES) as u64;
-            too_long(size, out.written)?;
-            if let Some(mut prev) = pending.take() {
-                prev.last = batch.chunks == 0;
-                results.push_back(dispatch(prev));
-            }
-            if batch.chunks == 0 {
-                if counter == 0 {
-                    // No chunk at all: reported as a truncated (empty) final chunk.
-                    batch.chunks = 1;
-                    batch.last = true;
-                    results.push_back(dispatch(batch));
-                }
-                break;
-            }
-            counter += batch.chunks as u64;
-            if ended {
-                batch.last = true;
-                results.push_back(dispatch(batch));
-                break;
-            }
-            pending = Some(batch);
-        }
-        drop(hash_tx);
-        while results.len() > 1 {
-            let batch = next_opened(&mut results, out.written)?;
-            out.put(&batch).map_err(|e| write_err(out.written, e))?;
-        }
-        let last = next_opened(&mut results, out.written)?;
-        let hasher = hasher
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        let actual = CipherSummary {
-            sha256: Sha256Digest(hasher.finalize().into()),
-            size,
-        };
-        if let Some(expected) = expected
-            && *expected != actual
+    /// Reads one batch and dispatches what can be dispatched.
+    fn read_batch(&mut self, written: u64) -> Result<(), CryptoError> {
+        let mut batch = self.free.pop().unwrap_or_else(|| {
+            self.allocated += 1;
+            Batch::new()
+        });
+        batch.first = self.counter;
+        batch.last = false;
+        let ended = batch
+            .fill(&mut self.input, CT_CHUNK_BYTES)
+            .map_err(|source| CryptoError::ReadCiphertext {
+                plaintext_written: written,
+                source,
+            })?;
+        self.size += batch.input_len(CT_CHUNK_BYTES) as u64;
+        if let Some(l) = self.limit
+            && self.size > l
         {
-            return Err(CryptoError::CiphertextMismatch {
-                expected: *expected,
-                actual,
-                plaintext_written: out.written,
+            return Err(CryptoError::CiphertextTooLong {
+                expected_size: l,
+                plaintext_written: written,
             });
         }
-        out.put(&last)
-            .and_then(|()| out.inner.flush())
-            .map_err(|e| write_err(out.written, e))?;
-        Ok(DecryptSummary {
-            ciphertext: actual,
-            plaintext_size: out.written,
-        })
+        // The previous (full) batch ends the stream exactly when nothing followed it.
+        if let Some(mut prev) = self.pending.take() {
+            prev.last = batch.chunks == 0;
+            self.dispatch(prev);
+        }
+        if batch.chunks == 0 {
+            if self.counter == 0 {
+                // No chunk at all: reported as a truncated (empty) final chunk.
+                batch.chunks = 1;
+                batch.last = true;
+                self.dispatch(batch);
+            } else {
+                self.free.push(batch);
+            }
+            self.hash_tx = None;
+            return Ok(());
+        }
+        self.counter += batch.chunks as u64;
+        if ended {
+            batch.last = true;
+            self.dispatch(batch);
+            self.hash_tx = None;
+        } else {
+            self.pending = Some(batch);
+        }
+        Ok(())
+    }
+
+    /// The next opened batch, in order. `written` is the plaintext the caller has released,
+    /// for errors. Not to be called again after [`Opened::Final`] or an error.
+    fn next(&mut self, written: u64) -> Result<Opened, CryptoError> {
+        let result = loop {
+            // Keep the pipeline full: one read per batch taken, more while nothing is ready.
+            if self.can_read() {
+                self.read_batch(written)?;
+            }
+            let Some(rx) = self.results.front() else {
+                if self.can_read() {
+                    continue;
+                }
+                // Only reachable when called again after the final batch.
+                break Err(ChunkError::Lost);
+            };
+            match rx.try_recv() {
+                Ok(result) => break result,
+                Err(mpsc::TryRecvError::Disconnected) => break Err(ChunkError::Lost),
+                Err(mpsc::TryRecvError::Empty) if self.can_read() => {}
+                Err(mpsc::TryRecvError::Empty) => {
+                    break rx.recv().unwrap_or(Err(ChunkError::Lost));
+                }
+            }
+        };
+        self.results.pop_front();
+        let batch = result.map_err(|e| e.into_crypto(written))?;
+        if !batch.last {
+            return Ok(Opened::More(batch));
+        }
+        // The final batch went through the hasher before the workers, and the hasher's queue
+        // is closed: it has finished.
+        let hasher = self
+            .hasher
+            .take()
+            .expect("one final batch")
+            .join()
+            .map_err(|_| ChunkError::Lost.into_crypto(written))?;
+        Ok(Opened::Final(
+            batch,
+            CipherSummary {
+                sha256: Sha256Digest(hasher.finalize().into()),
+                size: self.size,
+            },
+        ))
+    }
+
+    /// Returns a batch whose plaintext has been consumed.
+    fn recycle(&mut self, batch: Batch) {
+        self.free.push(batch);
+    }
+}
+
+fn mismatch(
+    expected: Option<&CipherSummary>,
+    actual: CipherSummary,
+    written: u64,
+) -> Result<(), CryptoError> {
+    match expected {
+        Some(expected) if *expected != actual => Err(CryptoError::CiphertextMismatch {
+            expected: *expected,
+            actual,
+            plaintext_written: written,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Parallel [`super::decrypt`].
+pub(super) fn decrypt<R: Read, W: Write>(
+    ciphertext: R,
+    plaintext: W,
+    identity: &AgeIdentity,
+    expected: Option<&CipherSummary>,
+) -> Result<DecryptSummary, CryptoError> {
+    let mut opener = Opener::new(ciphertext, identity, expected.map(|e| e.size))?;
+    let mut out = Counting {
+        inner: plaintext,
+        written: 0,
+    };
+    let write_err = |written, source| CryptoError::WritePlaintext {
+        plaintext_written: written,
+        source,
+    };
+    loop {
+        match opener.next(out.written)? {
+            Opened::More(batch) => {
+                out.put(&batch).map_err(|e| write_err(out.written, e))?;
+                opener.recycle(batch);
+            }
+            Opened::Final(batch, actual) => {
+                mismatch(expected, actual, out.written)?;
+                out.put(&batch)
+                    .and_then(|()| out.inner.flush())
+                    .map_err(|e| write_err(out.written, e))?;
+                return Ok(DecryptSummary {
+                    ciphertext: actual,
+                    plaintext_size: out.written,
+                });
+            }
+        }
+    }
+}
+
+/// A reader of plaintext that decrypts and verifies an age ciphertext as it is read, on the
+/// same pipeline as [`super::decrypt`].
+///
+/// Created by [`super::decrypt_reader`]. It returns end-of-file only after the whole
+/// ciphertext has been authenticated and, if a [`CipherSummary`] was given, matched; the final
+/// batch (up to 1 MiB) is not returned before that. Every failure is an [`io::Error`] whose
+/// inner error is a [`CryptoError`] (see [`CryptoError::from_io`]). Bytes already read before
+/// an error must be discarded, as for [`super::decrypt`]; after an error every read fails.
+pub struct DecryptReader<R> {
+    opener: Option<Opener<R>>,
+    expected: Option<CipherSummary>,
+    /// The batch being returned, its next chunk and the offset in it.
+    current: Option<(Batch, usize, usize)>,
+    /// Whether `current` is the final batch (verified).
+    current_final: bool,
+    plaintext: u64,
+    finished: Option<CipherSummary>,
+}
+
+impl<R> std::fmt::Debug for DecryptReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptReader")
+            .field("expected", &self.expected)
+            .field("plaintext", &self.plaintext)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parallel [`super::decrypt_reader`].
+pub(super) fn decrypt_reader<R: Read>(
+    ciphertext: R,
+    identity: &AgeIdentity,
+    expected: Option<CipherSummary>,
+) -> Result<DecryptReader<R>, CryptoError> {
+    Ok(DecryptReader {
+        opener: Some(Opener::new(ciphertext, identity, expected.map(|e| e.size))?),
+        expected,
+        current: None,
+        current_final: false,
+        plaintext: 0,
+        finished: None,
     })
+}
+
+impl<R: Read> DecryptReader<R> {
+    /// Like [`Read::read`], with the typed error. `Ok(0)` means the ciphertext was complete,
+    /// authentic and matched the expected summary.
+    ///
+    /// # Errors
+    ///
+    /// [`CryptoError::Decrypt`], [`CryptoError::ReadCiphertext`],
+    /// [`CryptoError::CiphertextTooLong`] or [`CryptoError::CiphertextMismatch`]; their
+    /// `plaintext_written` counts the bytes this reader returned before.
+    pub fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize, CryptoError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some((batch, chunk, off)) = &mut self.current {
+                if let Some(piece) = batch.opened().nth(*chunk) {
+                    let n = (piece.len() - *off).min(buf.len());
+                    buf[..n].copy_from_slice(&piece[*off..*off + n]);
+                    *off += n;
+                    if *off == piece.len() {
+                        *chunk += 1;
+                        *off = 0;
+                    }
+                    if n > 0 {
+                        self.plaintext += n as u64;
+                        return Ok(n);
+                    }
+                    continue;
+                }
+                let (batch, _, _) = self.current.take().expect("checked above");
+                if self.current_final {
+                    self.opener = None;
+                    return Ok(0);
+                }
+                if let Some(opener) = &mut self.opener {
+                    opener.recycle(batch);
+                }
+            }
+            if self.finished.is_some() {
+                return Ok(0);
+            }
+            let Some(opener) = &mut self.opener else {
+                return Err(CryptoError::Decrypt {
+                    plaintext_written: self.plaintext,
+                    source: io::Error::other("decryption already failed"),
+                });
+            };
+            let next = opener.next(self.plaintext).and_then(|opened| match opened {
+                Opened::More(batch) => Ok((batch, false)),
+                Opened::Final(batch, actual) => {
+                    mismatch(self.expected.as_ref(), actual, self.plaintext)?;
+                    self.finished = Some(actual);
+                    Ok((batch, true))
+                }
+            });
+            match next {
+                Ok((batch, last)) => {
+                    self.current = Some((batch, 0, 0));
+                    self.current_final = last;
+                }
+                Err(e) => {
+                    // Stops the threads; later reads fail.
+                    self.opener = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Digest and size of the ciphertext, once the reader has returned end-of-file.
+    #[must_use]
+    pub fn ciphertext_summary(&self) -> Option<CipherSummary> {
+        self.finished.filter(|_| self.current.is_none())
+    }
+
+    /// Plaintext bytes returned so far.
+    #[must_use]
+    pub fn plaintext_read(&self) -> u64 {
+        self.plaintext
+    }
+}
+
+impl<R: Read> Read for DecryptReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_checked(buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
 }
 
 #[cfg(test)]
