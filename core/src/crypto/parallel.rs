@@ -15,7 +15,7 @@
 //! - a hasher thread computes the SHA-256 of the ciphertext, in order: after sealing when
 //!   encrypting, before opening when decrypting (opening overwrites the ciphertext in place).
 //!
-//! At most [`IN_FLIGHT`] batch buffers exist at a time (about 10 MiB), so memory stays bounded
+//! At most [`IN_FLIGHT`] batch buffers exist at a time (about 13 MiB), so memory stays bounded
 //! whatever the input size. A batch's last chunk is only sealed once the next read has shown
 //! whether more input follows (it decides the last-chunk flag).
 //!
@@ -49,7 +49,7 @@ const TAG_BYTES: usize = 16;
 const CT_CHUNK_BYTES: usize = CHUNK_BYTES + TAG_BYTES;
 /// Chunks per batch (1 MiB of plaintext): the unit of work of a worker thread.
 pub const BATCH_CHUNKS: usize = 16;
-/// Batch buffers that exist at a time: bounds memory to about `IN_FLIGHT` MiB.
+/// Batch buffers that exist at a time (1.25 MiB each): bounds memory.
 const IN_FLIGHT: usize = 10;
 /// Worker threads are capped here; more cores than this wait on I/O and hashing anyway.
 const MAX_WORKERS: usize = 8;
