@@ -1,9 +1,10 @@
 //! Streaming age (X25519) encryption and decryption with on-the-fly ciphertext hashing.
 //!
 //! Images and data sets are many gigabytes, so everything here streams with constant memory.
-//! [`encrypt`] and [`decrypt`] process age's 64 KiB STREAM chunks on all cores, a bounded number
-//! of 4 MiB batches at a time (the `parallel` submodule; the output is the standard age format);
-//! [`decrypt_reader`] uses the `age` crate's single-threaded stream with 1 MiB buffers. The
+//! [`encrypt`] and [`decrypt`] process age's 64 KiB STREAM chunks on all cores with OpenSSL's
+//! ChaCha20-Poly1305, a bounded number of 1 MiB batches at a time, I/O on the calling thread and
+//! hashing on a thread of its own (the `parallel` submodule; the output is the standard age format);
+//! [`decrypt_reader`] is a pull-style reader on the same decryption pipeline. The
 //! SHA-256 and size recorded for an artefact (in Vault and in the info file) are those of the **ciphertext**, so
 //! anyone can check a file on shared storage without the key, and they are computed while the
 //! bytes pass through: encryption hashes what it writes, decryption hashes what it reads.
@@ -27,10 +28,9 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -39,7 +39,7 @@ use crate::secret::{AgeIdentity, AgeRecipient};
 
 mod parallel;
 
-pub use parallel::{BATCH_CHUNKS, CHUNK_BYTES};
+pub use parallel::{BATCH_CHUNKS, CHUNK_BYTES, DecryptReader};
 
 /// Size of read buffers and `BufWriter`s on both sides of the cipher.
 pub const STREAM_BUFFER_BYTES: usize = 1024 * 1024;
@@ -135,6 +135,14 @@ pub enum CryptoError {
     ReadFile {
         /// The file.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The ChaCha20-Poly1305 implementation (OpenSSL's libcrypto) failed to set up or run; not
+    /// an authentication failure, which is [`CryptoError::Decrypt`].
+    #[error("the ChaCha20-Poly1305 implementation (OpenSSL) failed")]
+    Backend {
         /// The cause.
         #[source]
         source: io::Error,
@@ -275,203 +283,22 @@ pub fn encrypt<R: Read, W: Write>(
     parallel::encrypt(plaintext, ciphertext, recipients)
 }
 
-/// What the hashing reader below has seen; shared because age's `StreamReader` owns the reader.
-struct ReadState {
-    hasher: Sha256,
-    size: u64,
-    limit: Option<u64>,
-    overrun: bool,
-    io_error: bool,
-}
-
-struct HashingReader<R> {
-    inner: R,
-    state: Arc<Mutex<ReadState>>,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let result = self.inner.read(buf);
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Ok(n) => {
-                state.hasher.update(&buf[..n]);
-                state.size += n as u64;
-                if state.limit.is_some_and(|limit| state.size > limit) {
-                    state.overrun = true;
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "ciphertext longer than recorded",
-                    ));
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    state.io_error = true;
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-/// A reader of plaintext that decrypts and verifies an age ciphertext as it is read.
-///
-/// Created by [`decrypt_reader`]. It returns end-of-file only after the whole ciphertext has
-/// been authenticated and, if a [`CipherSummary`] was given, matched; every failure is an
-/// [`io::Error`] whose inner error is a [`CryptoError`] (see [`CryptoError::from_io`]). Bytes
-/// already read before an error must be discarded, as for [`decrypt`].
-pub struct DecryptReader<R: Read> {
-    stream: age::stream::StreamReader<HashingReader<BufReader<R>>>,
-    state: Arc<Mutex<ReadState>>,
-    expected: Option<CipherSummary>,
-    plaintext: u64,
-    finished: Option<CipherSummary>,
-}
-
-impl<R: Read> fmt::Debug for DecryptReader<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DecryptReader")
-            .field("expected", &self.expected)
-            .field("plaintext", &self.plaintext)
-            .field("finished", &self.finished)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Starts decrypting `ciphertext` with `identity`, reading and checking the age header now.
+///
+/// The returned reader decrypts on the same pipeline as [`decrypt`] (worker and hasher threads
+/// that end when the reader is dropped); `ciphertext` itself is only read by the thread calling
+/// `read`. Memory use is constant.
 ///
 /// # Errors
 ///
-/// [`CryptoError::InvalidHeader`], [`CryptoError::WrongKey`], [`CryptoError::ReadCiphertext`]
-/// or [`CryptoError::CiphertextTooLong`].
+/// [`CryptoError::InvalidHeader`], [`CryptoError::WrongKey`], [`CryptoError::ReadCiphertext`],
+/// [`CryptoError::CiphertextTooLong`] or [`CryptoError::Backend`].
 pub fn decrypt_reader<R: Read>(
     ciphertext: R,
     identity: &AgeIdentity,
     expected: Option<CipherSummary>,
 ) -> Result<DecryptReader<R>, CryptoError> {
-    let state = Arc::new(Mutex::new(ReadState {
-        hasher: Sha256::new(),
-        size: 0,
-        limit: expected.map(|e| e.size),
-        overrun: false,
-        io_error: false,
-    }));
-    let reader = HashingReader {
-        inner: BufReader::with_capacity(STREAM_BUFFER_BYTES, ciphertext),
-        state: Arc::clone(&state),
-    };
-    let header_err = |source: age::DecryptError| {
-        let st = state.lock().unwrap_or_else(PoisonError::into_inner);
-        match source {
-            _ if st.overrun => CryptoError::CiphertextTooLong {
-                expected_size: st.limit.unwrap_or_default(),
-                plaintext_written: 0,
-            },
-            age::DecryptError::Io(source) if st.io_error => CryptoError::ReadCiphertext {
-                plaintext_written: 0,
-                source,
-            },
-            age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
-            source => CryptoError::InvalidHeader { source },
-        }
-    };
-    let decryptor = age::Decryptor::new(reader).map_err(header_err)?;
-    let stream = decryptor
-        .decrypt(std::iter::once(identity.as_age() as &dyn age::Identity))
-        .map_err(header_err)?;
-    Ok(DecryptReader {
-        stream,
-        state,
-        expected,
-        plaintext: 0,
-        finished: None,
-    })
-}
-
-impl<R: Read> DecryptReader<R> {
-    /// Like [`Read::read`], with the typed error. `Ok(0)` means the ciphertext was complete,
-    /// authentic and matched the expected summary.
-    ///
-    /// # Errors
-    ///
-    /// [`CryptoError::Decrypt`], [`CryptoError::ReadCiphertext`],
-    /// [`CryptoError::CiphertextTooLong`] or [`CryptoError::CiphertextMismatch`]; their
-    /// `plaintext_written` counts the bytes this reader returned before.
-    pub fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize, CryptoError> {
-        if self.finished.is_some() || buf.is_empty() {
-            return Ok(0);
-        }
-        let n = loop {
-            match self.stream.read(buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(self.classify(source)),
-            }
-        };
-        if n > 0 {
-            self.plaintext += n as u64;
-            return Ok(n);
-        }
-        let actual = {
-            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            CipherSummary {
-                sha256: Sha256Digest(std::mem::take(&mut st.hasher).finalize().into()),
-                size: st.size,
-            }
-        };
-        if let Some(expected) = self.expected
-            && expected != actual
-        {
-            return Err(CryptoError::CiphertextMismatch {
-                expected,
-                actual,
-                plaintext_written: self.plaintext,
-            });
-        }
-        self.finished = Some(actual);
-        Ok(0)
-    }
-
-    /// Digest and size of the ciphertext, once the reader has returned end-of-file.
-    #[must_use]
-    pub fn ciphertext_summary(&self) -> Option<CipherSummary> {
-        self.finished
-    }
-
-    /// Plaintext bytes returned so far.
-    #[must_use]
-    pub fn plaintext_read(&self) -> u64 {
-        self.plaintext
-    }
-
-    fn classify(&self, source: io::Error) -> CryptoError {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if st.overrun {
-            CryptoError::CiphertextTooLong {
-                expected_size: st.limit.unwrap_or_default(),
-                plaintext_written: self.plaintext,
-            }
-        } else if st.io_error {
-            CryptoError::ReadCiphertext {
-                plaintext_written: self.plaintext,
-                source,
-            }
-        } else {
-            CryptoError::Decrypt {
-                plaintext_written: self.plaintext,
-                source,
-            }
-        }
-    }
-}
-
-impl<R: Read> Read for DecryptReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_checked(buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
+    parallel::decrypt_reader(ciphertext, identity, expected)
 }
 
 impl CryptoError {
@@ -676,9 +503,12 @@ mod tests {
     fn parallel_and_age_crate_interoperate(#[case] len: usize) {
         let id = AgeIdentity::generate();
         let plain = data(len, 5);
-        // Ours -> the age crate (via `decrypt_reader`).
-        let (ct, summary) = encrypt_vec(&plain, &id);
-        let mut r = decrypt_reader(ct.as_slice(), &id, Some(summary)).unwrap();
+        // Ours -> the age crate.
+        let (ct, _) = encrypt_vec(&plain, &id);
+        let mut r = age::Decryptor::new(ct.as_slice())
+            .unwrap()
+            .decrypt(std::iter::once(id.as_age() as &dyn age::Identity))
+            .unwrap();
         let mut out = Vec::new();
         io::copy(&mut r, &mut out).unwrap();
         assert_eq!(out, plain);
@@ -960,6 +790,67 @@ mod tests {
             "{err}"
         );
         assert!(CryptoError::from_io(io::Error::other("x")).is_err());
+    }
+
+    #[test]
+    fn decrypt_reader_small_reads_and_held_back_final_batch() {
+        fn assert_send<T: Send>(_: &T) {}
+        let id = AgeIdentity::generate();
+        let plain = data(2 * BATCH_CHUNKS * CHUNK + 3 * CHUNK + 5, 12);
+        let (ct, summary) = encrypt_vec(&plain, &id);
+        // Odd-sized reads across chunk and batch boundaries.
+        let mut r = decrypt_reader(ct.as_slice(), &id, Some(summary)).unwrap();
+        assert_send(&r);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7777];
+        loop {
+            let n = r.read_checked(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, plain);
+        assert_eq!(r.plaintext_read(), plain.len() as u64);
+        assert_eq!(r.ciphertext_summary(), Some(summary));
+        assert_eq!(r.read_checked(&mut buf).unwrap(), 0);
+
+        // A substituted file (same key, every chunk authentic): the final batch is never
+        // returned, and the reader stays failed.
+        let (ct2, summary2) = encrypt_vec(&plain, &id);
+        let recorded = CipherSummary {
+            size: summary2.size,
+            ..summary
+        };
+        let mut r = decrypt_reader(ct2.as_slice(), &id, Some(recorded)).unwrap();
+        let mut out = Vec::new();
+        let err = loop {
+            match r.read_checked(&mut buf) {
+                Ok(0) => panic!("substituted file accepted"),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(err, CryptoError::CiphertextMismatch { .. }),
+            "{err}"
+        );
+        assert_eq!(err.plaintext_written(), out.len() as u64);
+        assert_eq!(out.len(), 2 * BATCH_CHUNKS * CHUNK);
+        assert!(r.read_checked(&mut buf).is_err());
+        assert_eq!(r.ciphertext_summary(), None);
+    }
+
+    #[test]
+    fn decrypt_reader_dropped_early_stops_cleanly() {
+        let id = AgeIdentity::generate();
+        let (ct, summary) = encrypt_vec(&data(40 * BATCH_CHUNKS * CHUNK, 13), &id);
+        for _ in 0..20 {
+            let mut r = decrypt_reader(ct.as_slice(), &id, Some(summary)).unwrap();
+            let mut buf = [0u8; 1000];
+            assert_eq!(r.read_checked(&mut buf).unwrap(), 1000);
+            drop(r);
+        }
     }
 
     #[test]

@@ -1,29 +1,42 @@
-//! Multi-threaded age payload encryption and decryption, byte-compatible with age v1.
+//! Pipelined, multi-threaded age payload encryption and decryption, byte-compatible with age v1.
 //!
 //! The header (recipient stanzas, MAC, nonce) is produced and checked by the `age` crate; only
 //! the file key is captured on the way, through recipient and identity wrappers, to derive the
 //! payload key exactly as age does: `HKDF-SHA256(ikm = file key, salt = nonce, info =
 //! "payload")`. The payload is age's STREAM: ChaCha20-Poly1305 over 64 KiB plaintext chunks,
-//! nonce = 11-byte big-endian chunk counter || last-chunk flag. Chunks are independent, so a
-//! batch of [`BATCH_CHUNKS`] chunks is split across all cores on worker threads while the
-//! calling thread writes and hashes the previous batch and reads the next one (the caller's
-//! reader and writer need not be `Send`). At most two plaintext and two ciphertext
-//! batches exist at a time, so memory stays bounded whatever the input size.
+//! nonce = 11-byte big-endian chunk counter || last-chunk flag. The AEAD is OpenSSL's
+//! (`libcrypto`'s assembly implementation, see [`ChunkCipher`]).
+//!
+//! The payload moves through a pipeline in batches of [`BATCH_CHUNKS`] chunks:
+//!
+//! - the calling thread does all I/O (the caller's reader and writer need not be `Send`): it
+//!   reads batches and writes finished ones, in order;
+//! - worker threads, one per core, seal or open whole batches in place, several batches at once;
+//! - a hasher thread computes the SHA-256 of the ciphertext, in order: after sealing when
+//!   encrypting, before opening when decrypting (opening overwrites the ciphertext in place).
+//!
+//! At most [`IN_FLIGHT`] batch buffers exist at a time (about 13 MiB), so memory stays bounded
+//! whatever the input size. A batch's last chunk is only sealed once the next read has shown
+//! whether more input follows (it decides the last-chunk flag).
 //!
 //! Decryption keeps age's rules: every chunk but the last is full; the last chunk carries the
 //! last flag and is empty only when the whole plaintext is; a truncated, reordered or extended
-//! payload fails authentication. The final batch is written only after the ciphertext digest
-//! has been compared with the expected one.
+//! payload fails authentication. No plaintext of a chunk leaves this module before the chunk's
+//! tag has been verified (a failed chunk's buffer is wiped), and the final batch is written only
+//! after the ciphertext digest has been compared with the expected one.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use age_core::format::{FileKey, Stanza};
 use age_core::secrecy::ExposeSecret as _;
-use chacha20poly1305::aead::{AeadInPlace as _, KeyInit as _};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use openssl::cipher::Cipher;
+use openssl::cipher_ctx::CipherCtx;
+use openssl::error::ErrorStack;
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
@@ -34,8 +47,12 @@ use crate::secret::{AgeIdentity, AgeRecipient};
 pub const CHUNK_BYTES: usize = 64 * 1024;
 const TAG_BYTES: usize = 16;
 const CT_CHUNK_BYTES: usize = CHUNK_BYTES + TAG_BYTES;
-/// Chunks per batch: 4 MiB of plaintext, enough work per batch to amortise thread start-up.
-pub const BATCH_CHUNKS: usize = 64;
+/// Chunks per batch (1 MiB of plaintext): the unit of work of a worker thread.
+pub const BATCH_CHUNKS: usize = 16;
+/// Batch buffers that exist at a time (1.25 MiB each): bounds memory.
+const IN_FLIGHT: usize = 10;
+/// Worker threads are capped here; more cores than this wait on I/O and hashing anyway.
+const MAX_WORKERS: usize = 8;
 const NONCE_BYTES: usize = 16;
 /// Headers longer than this are handed to age as they are, which then rejects them.
 const MAX_HEADER_BYTES: usize = 1024 * 1024;
@@ -79,55 +96,273 @@ impl age::Identity for CapturingIdentity<'_> {
     }
 }
 
-/// The payload key, wiped on drop.
-struct PayloadKey(ChaCha20Poly1305);
+/// The 32-byte payload key, wiped on drop.
+struct PayloadKey(Zeroizing<[u8; 32]>);
 
 impl PayloadKey {
     fn derive(file_key: &[u8; 16], nonce: &[u8]) -> Self {
-        let key = Zeroizing::new(age_core::primitives::hkdf(nonce, b"payload", file_key));
-        // `ChaCha20Poly1305` zeroizes its key on drop (the crate's `zeroize` feature, on by
-        // default), so the copy inside the cipher is wiped too.
-        Self(ChaCha20Poly1305::new(Key::from_slice(key.as_slice())))
+        Self(Zeroizing::new(age_core::primitives::hkdf(
+            nonce, b"payload", file_key,
+        )))
     }
 }
 
-fn chunk_nonce(counter: u64, last: bool) -> Nonce {
+fn chunk_nonce(counter: u64, last: bool) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[3..11].copy_from_slice(&counter.to_be_bytes());
     n[11] = u8::from(last);
-    Nonce::from(n)
+    n
 }
 
-/// Worker threads for chunk crypto.
-fn workers() -> usize {
-    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+/// Why a chunk was rejected.
+#[derive(Debug, Clone, Copy)]
+enum Reject {
+    /// The tag did not verify.
+    Tag,
+    /// A chunk that is not the last is shorter than a full chunk (cannot happen with our reader,
+    /// kept as a guard).
+    ShortChunk,
+    /// The final chunk is shorter than a tag: the payload is truncated.
+    Truncated,
+    /// An empty final chunk after other chunks (age forbids it).
+    EmptyLastChunk,
 }
 
-/// Runs `f(first_index, group)` over `items` split into one contiguous group per worker.
-fn par_groups<T: Send, F>(items: &mut [T], f: F) -> Result<(), u64>
-where
-    F: Fn(usize, &mut [T]) -> Result<(), u64> + Sync,
-{
-    let per = items.len().div_ceil(workers()).max(1);
-    if items.len() <= per {
-        return f(0, items);
+/// Failure of a batch on a worker thread.
+#[derive(Debug)]
+enum ChunkError {
+    Rejected {
+        counter: u64,
+        why: Reject,
+    },
+    Backend(ErrorStack),
+    /// A worker or the hasher stopped (it panicked; the thread scope re-raises the panic).
+    Lost,
+}
+
+impl ChunkError {
+    /// The caller's error; `written` is the plaintext already written (decryption).
+    fn into_crypto(self, written: u64) -> CryptoError {
+        match self {
+            Self::Rejected { counter, why } => CryptoError::Decrypt {
+                plaintext_written: written,
+                source: auth_error(counter, why),
+            },
+            Self::Backend(source) => backend_error(io::Error::other(source)),
+            Self::Lost => backend_error(io::Error::other("a worker thread stopped")),
+        }
     }
-    std::thread::scope(|s| {
-        let f = &f;
-        let mut groups = items.chunks_mut(per).enumerate();
-        let first = groups.next();
-        let handles: Vec<_> = groups
-            .map(|(g, group)| s.spawn(move || f(g * per, group)))
-            .collect();
-        let mut result = first.map_or(Ok(()), |(_, g)| f(0, g));
-        for h in handles {
-            let r = h.join().unwrap_or(Err(u64::MAX));
-            if result.is_ok() {
-                result = r;
+}
+
+/// One thread's ChaCha20-Poly1305 context, keyed once; each chunk only sets its nonce.
+/// `CipherCtx` is not `Send`, so each worker builds its own. Freeing the context makes OpenSSL
+/// cleanse its key schedule.
+struct ChunkCipher {
+    ctx: CipherCtx,
+    encrypt: bool,
+}
+
+impl ChunkCipher {
+    fn new(key: &PayloadKey, encrypt: bool) -> Result<Self, ErrorStack> {
+        let mut ctx = CipherCtx::new()?;
+        let cipher = Cipher::chacha20_poly1305();
+        if encrypt {
+            ctx.encrypt_init(Some(cipher), Some(key.0.as_slice()), None)?;
+        } else {
+            ctx.decrypt_init(Some(cipher), Some(key.0.as_slice()), None)?;
+        }
+        Ok(Self { ctx, encrypt })
+    }
+
+    fn set_nonce(&mut self, counter: u64, last: bool) -> Result<(), ErrorStack> {
+        let nonce = chunk_nonce(counter, last);
+        if self.encrypt {
+            self.ctx.encrypt_init(None, None, Some(&nonce))
+        } else {
+            self.ctx.decrypt_init(None, None, Some(&nonce))
+        }
+    }
+
+    /// Seals `chunk[..len - TAG_BYTES]` in place and writes the tag after it.
+    fn seal(&mut self, chunk: &mut [u8], counter: u64, last: bool) -> Result<(), ErrorStack> {
+        let (body, tag) = chunk.split_at_mut(chunk.len() - TAG_BYTES);
+        self.set_nonce(counter, last)?;
+        let body_len = body.len();
+        self.ctx.cipher_update_inplace(body, body_len)?;
+        self.ctx.cipher_final(&mut [])?;
+        self.ctx.tag(tag)
+    }
+
+    /// Opens `chunk` (ciphertext || tag) in place: on success its first `len - TAG_BYTES` bytes
+    /// are the plaintext. On failure the chunk is wiped, so unauthenticated plaintext never
+    /// outlives this call.
+    fn open(&mut self, chunk: &mut [u8], counter: u64, last: bool) -> Result<(), ChunkError> {
+        let reject = |why| ChunkError::Rejected { counter, why };
+        if chunk.len() < TAG_BYTES {
+            return Err(reject(if last {
+                Reject::Truncated
+            } else {
+                Reject::ShortChunk
+            }));
+        }
+        if !last && chunk.len() != CT_CHUNK_BYTES {
+            return Err(reject(Reject::ShortChunk));
+        }
+        if last && chunk.len() == TAG_BYTES && counter != 0 {
+            return Err(reject(Reject::EmptyLastChunk));
+        }
+        let (body, tag) = chunk.split_at_mut(chunk.len() - TAG_BYTES);
+        self.set_nonce(counter, last).map_err(ChunkError::Backend)?;
+        self.ctx.set_tag(tag).map_err(ChunkError::Backend)?;
+        let body_len = body.len();
+        let verified = self
+            .ctx
+            .cipher_update_inplace(body, body_len)
+            .map_err(ChunkError::Backend)
+            .and_then(|_| {
+                self.ctx
+                    .cipher_final(&mut [])
+                    .map_err(|_| reject(Reject::Tag))
+            });
+        if verified.is_err() {
+            zeroize::Zeroize::zeroize(body);
+        }
+        verified.map(drop)
+    }
+}
+
+/// A batch of chunk slots at a stride of [`CT_CHUNK_BYTES`]: plaintext chunks (encryption) are
+/// read with room for their tag, so sealing in place yields contiguous ciphertext; ciphertext
+/// (decryption) is read contiguously and opened in place, leaving gaps where the tags were.
+struct Batch {
+    buf: Zeroizing<Vec<u8>>,
+    /// Slots holding data (0 only for an empty input).
+    chunks: usize,
+    /// Bytes in the last of those slots.
+    tail: usize,
+    /// STREAM counter of the first chunk.
+    first: u64,
+    /// Whether this batch's last chunk is the last of the stream.
+    last: bool,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            buf: Zeroizing::new(vec![0u8; BATCH_CHUNKS * CT_CHUNK_BYTES]),
+            chunks: 0,
+            tail: 0,
+            first: 0,
+            last: false,
+        }
+    }
+
+    /// Reads up to [`BATCH_CHUNKS`] chunks of up to `per` bytes each: plaintext chunks into
+    /// their slots, ciphertext in one piece. Returns true when the input ended inside this
+    /// batch (a short or empty read), false when every slot is full.
+    fn fill<R: Read>(&mut self, reader: &mut R, per: usize) -> io::Result<bool> {
+        self.chunks = 0;
+        self.tail = 0;
+        if per == CT_CHUNK_BYTES {
+            let n = read_full(reader, &mut self.buf)?;
+            self.chunks = n.div_ceil(CT_CHUNK_BYTES);
+            self.tail = n - self.chunks.saturating_sub(1) * CT_CHUNK_BYTES;
+            return Ok(n < self.buf.len());
+        }
+        for i in 0..BATCH_CHUNKS {
+            let slot = &mut self.buf[i * CT_CHUNK_BYTES..i * CT_CHUNK_BYTES + per];
+            let n = read_full(reader, slot)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            self.chunks = i + 1;
+            self.tail = n;
+            if n < per {
+                return Ok(true);
             }
         }
-        result
-    })
+        Ok(false)
+    }
+
+    /// Bytes read into the batch.
+    fn input_len(&self, per: usize) -> usize {
+        self.chunks.saturating_sub(1) * per + self.tail
+    }
+
+    fn counter(&self, i: usize) -> u64 {
+        self.first + i as u64
+    }
+
+    fn seal(&mut self, cipher: &mut ChunkCipher) -> Result<(), ChunkError> {
+        for i in 0..self.chunks {
+            let is_last = i + 1 == self.chunks;
+            let len = if is_last { self.tail } else { CHUNK_BYTES } + TAG_BYTES;
+            let (counter, last) = (self.counter(i), self.last && is_last);
+            let chunk = &mut self.buf[i * CT_CHUNK_BYTES..i * CT_CHUNK_BYTES + len];
+            cipher
+                .seal(chunk, counter, last)
+                .map_err(ChunkError::Backend)?;
+        }
+        Ok(())
+    }
+
+    /// The ciphertext after sealing (contiguous).
+    fn sealed(&self) -> &[u8] {
+        &self.buf[..self.input_len(CT_CHUNK_BYTES) + TAG_BYTES]
+    }
+
+    fn open(&mut self, cipher: &mut ChunkCipher) -> Result<(), ChunkError> {
+        for i in 0..self.chunks {
+            let is_last = i + 1 == self.chunks;
+            let len = if is_last { self.tail } else { CT_CHUNK_BYTES };
+            let (counter, last) = (self.counter(i), self.last && is_last);
+            let chunk = &mut self.buf[i * CT_CHUNK_BYTES..i * CT_CHUNK_BYTES + len];
+            cipher.open(chunk, counter, last)?;
+        }
+        Ok(())
+    }
+
+    /// The plaintext pieces after opening, one per chunk.
+    fn opened(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.chunks).map(|i| {
+            let len = if i + 1 == self.chunks {
+                self.tail
+            } else {
+                CT_CHUNK_BYTES
+            };
+            &self.buf[i * CT_CHUNK_BYTES..i * CT_CHUNK_BYTES + len - TAG_BYTES]
+        })
+    }
+}
+
+/// A batch handed to the workers, with the channel its result goes back on.
+struct Job {
+    batch: Batch,
+    done: SyncSender<Result<Batch, ChunkError>>,
+}
+
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_WORKERS)
+}
+
+/// A worker: seals or opens the batches it takes from `jobs` until the queue closes.
+fn work(jobs: &Mutex<Receiver<Job>>, key: &PayloadKey, encrypt: bool) {
+    let mut cipher = ChunkCipher::new(key, encrypt);
+    loop {
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(Job { mut batch, done }) = job else {
+            return;
+        };
+        let result = match &mut cipher {
+            Ok(c) if encrypt => batch.seal(c),
+            Ok(c) => batch.open(c),
+            Err(e) => Err(ChunkError::Backend(e.clone())),
+        };
+        // The receiver is gone only when the caller already failed; nothing to report then.
+        let _ = done.send(result.map(|()| batch));
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns the number of bytes read.
@@ -144,66 +379,18 @@ fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Reads the next batch into `buf` (resized to what was read).
-fn read_batch<R: Read>(reader: &mut R, buf: &mut Vec<u8>, capacity: usize) -> io::Result<()> {
-    buf.resize(capacity, 0);
-    let n = read_full(reader, buf)?;
-    buf.truncate(n);
-    Ok(())
+fn backend_error(source: io::Error) -> CryptoError {
+    CryptoError::Backend { source }
 }
 
-struct Sink<W> {
-    inner: W,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Sink<W> {
-    fn put(&mut self, data: &[u8]) -> io::Result<()> {
-        self.inner.write_all(data)?;
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        Ok(())
-    }
-
-    fn summary(self) -> CipherSummary {
-        CipherSummary {
-            sha256: Sha256Digest(self.hasher.finalize().into()),
-            size: self.size,
-        }
-    }
-}
-
-/// Encrypts one batch in place: `out` receives `plain`'s chunks, each followed by its tag.
-/// `chunks` is the number of chunks to encrypt (the last one of the batch may be held back).
-fn encrypt_chunks(key: &PayloadKey, plain: &[u8], out: &mut [u8], first: u64, chunks: usize) {
-    let mut jobs: Vec<(&[u8], &mut [u8])> = plain
-        .chunks(CHUNK_BYTES)
-        .zip(out.chunks_mut(CT_CHUNK_BYTES))
-        .take(chunks)
-        .collect();
-    let _ = par_groups(&mut jobs, |start, group| {
-        for (i, (p, c)) in group.iter_mut().enumerate() {
-            seal(key, p, c, first + (start + i) as u64, false);
-        }
-        Ok(())
-    });
-}
-
-fn seal(key: &PayloadKey, plain: &[u8], out: &mut [u8], counter: u64, last: bool) {
-    let (body, tag) = out[..plain.len() + TAG_BYTES].split_at_mut(plain.len());
-    body.copy_from_slice(plain);
-    let t = key
-        .0
-        .encrypt_in_place_detached(&chunk_nonce(counter, last), &[], body)
-        .expect("a 64 KiB chunk is far below the ChaCha20-Poly1305 length limit");
-    tag.copy_from_slice(&t);
+fn init_error(source: ErrorStack) -> CryptoError {
+    backend_error(io::Error::other(source))
 }
 
 /// Parallel [`super::encrypt`].
 pub(super) fn encrypt<R: Read, W: Write>(
     mut plaintext: R,
-    ciphertext: W,
+    mut ciphertext: W,
     recipients: &[AgeRecipient],
 ) -> Result<CipherSummary, CryptoError> {
     if recipients.is_empty() {
@@ -233,63 +420,126 @@ pub(super) fn encrypt<R: Read, W: Write>(
         .expect("age wrapped the file key for at least one recipient");
     let key = PayloadKey::derive(&file_key, &header[header.len() - NONCE_BYTES..]);
     drop(file_key);
+    // Fail here, not on a worker, if OpenSSL cannot provide the cipher.
+    drop(ChunkCipher::new(&key, true).map_err(init_error)?);
 
-    let mut sink = Sink {
-        inner: ciphertext,
-        hasher: Sha256::new(),
-        size: 0,
-    };
-    sink.put(&header).map_err(write_err)?;
+    ciphertext.write_all(&header).map_err(write_err)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&header);
+    let mut size = header.len() as u64;
 
-    let batch = BATCH_CHUNKS * CHUNK_BYTES;
-    let mut cur = Zeroizing::new(Vec::with_capacity(batch));
-    let mut next = Zeroizing::new(Vec::with_capacity(batch));
-    let mut out = vec![0u8; BATCH_CHUNKS * CT_CHUNK_BYTES];
-    let mut prev = vec![0u8; BATCH_CHUNKS * CT_CHUNK_BYTES];
-    let mut prev_len = 0usize;
-    read_batch(&mut plaintext, &mut cur, batch).map_err(read_err)?;
-    let mut counter = 0u64;
-    loop {
-        let chunks = cur.len().div_ceil(CHUNK_BYTES).max(1);
-        let full = cur.len() == batch;
-        // Side thread: write and hash the previous batch, read the next one. Here: all chunks
-        // but the last, whose last-chunk flag depends on whether more input follows.
-        let (written, read) = std::thread::scope(|s| {
-            let crypto = s.spawn(|| encrypt_chunks(&key, &cur, &mut out, counter, chunks - 1));
-            let w = sink.put(&prev[..prev_len]);
-            let r = if full && w.is_ok() {
-                read_batch(&mut plaintext, &mut next, batch)
-            } else {
-                next.clear();
+    std::thread::scope(|s| {
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..workers() {
+            let (jobs, key) = (Arc::clone(&job_rx), &key);
+            s.spawn(move || work(&jobs, key, true));
+        }
+        // Sealed batches pass through the hasher in order, then come back here to be written.
+        let (order_tx, order_rx) = mpsc::channel::<Receiver<Result<Batch, ChunkError>>>();
+        let (out_tx, out_rx) = mpsc::channel::<Result<Batch, ChunkError>>();
+        let hasher = s.spawn(move || {
+            for result in order_rx {
+                let result = result.recv().unwrap_or_else(|_| Err(ChunkError::Lost));
+                if let Ok(batch) = &result {
+                    hasher.update(batch.sealed());
+                }
+                if out_tx.send(result).is_err() {
+                    break;
+                }
+            }
+            hasher
+        });
+
+        let mut free: Vec<Batch> = Vec::new();
+        let mut allocated = 0usize;
+        let mut in_flight = 0usize;
+        let mut write_out =
+            |result: Result<Batch, ChunkError>, free: &mut Vec<Batch>| -> Result<(), CryptoError> {
+                let batch = result.map_err(|e| e.into_crypto(0))?;
+                let data = batch.sealed();
+                ciphertext.write_all(data).map_err(write_err)?;
+                size += data.len() as u64;
+                free.push(batch);
                 Ok(())
             };
-            crypto
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (w, r)
-        });
-        written.map_err(write_err)?;
-        read.map_err(read_err)?;
-        let last = next.is_empty();
-        let tail = (chunks - 1) * CHUNK_BYTES;
-        seal(
-            &key,
-            &cur[tail..],
-            &mut out[(chunks - 1) * CT_CHUNK_BYTES..],
-            counter + chunks as u64 - 1,
-            last,
-        );
-        let out_len = (chunks - 1) * CT_CHUNK_BYTES + cur.len() - tail + TAG_BYTES;
-        if last {
-            sink.put(&out[..out_len]).map_err(write_err)?;
-            sink.inner.flush().map_err(write_err)?;
-            return Ok(sink.summary());
+        let dispatch = |batch: Batch| {
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            // Sends fail only if every worker or the hasher is gone, i.e. one panicked; the
+            // scope re-raises that panic once this function returns.
+            let _ = job_tx.send(Job {
+                batch,
+                done: done_tx,
+            });
+            let _ = order_tx.send(done_rx);
+        };
+
+        let mut counter = 0u64;
+        let mut pending: Option<Batch> = None;
+        loop {
+            // Write whatever is ready, then find a buffer for the next read.
+            while let Ok(result) = out_rx.try_recv() {
+                in_flight -= 1;
+                write_out(result, &mut free)?;
+            }
+            let mut batch = match free.pop() {
+                Some(b) => b,
+                None if allocated < IN_FLIGHT => {
+                    allocated += 1;
+                    Batch::new()
+                }
+                None => {
+                    let result = out_rx.recv().unwrap_or_else(|_| Err(ChunkError::Lost));
+                    in_flight -= 1;
+                    write_out(result, &mut free)?;
+                    free.pop().expect("a batch was just written")
+                }
+            };
+            batch.first = counter;
+            batch.last = false;
+            let ended = batch.fill(&mut plaintext, CHUNK_BYTES).map_err(read_err)?;
+            // The previous (full) batch ends the stream exactly when nothing followed it.
+            if let Some(mut prev) = pending.take() {
+                prev.last = batch.chunks == 0;
+                dispatch(prev);
+                in_flight += 1;
+            }
+            if batch.chunks == 0 {
+                if counter == 0 {
+                    // Empty plaintext: a single empty, final chunk.
+                    batch.chunks = 1;
+                    batch.last = true;
+                    dispatch(batch);
+                    in_flight += 1;
+                } else {
+                    free.push(batch);
+                }
+                break;
+            }
+            counter += batch.chunks as u64;
+            if ended {
+                batch.last = true;
+                dispatch(batch);
+                in_flight += 1;
+                break;
+            }
+            pending = Some(batch);
         }
-        counter += chunks as u64;
-        std::mem::swap(&mut out, &mut prev);
-        prev_len = out_len;
-        std::mem::swap(&mut cur, &mut next);
-    }
+        drop(order_tx);
+        while in_flight > 0 {
+            let result = out_rx.recv().unwrap_or_else(|_| Err(ChunkError::Lost));
+            in_flight -= 1;
+            write_out(result, &mut free)?;
+        }
+        ciphertext.flush().map_err(write_err)?;
+        let hasher = hasher
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok(CipherSummary {
+            sha256: Sha256Digest(hasher.finalize().into()),
+            size,
+        })
+    })
 }
 
 /// Finds the end of an age header (after the `--- MAC` line) plus the payload nonce.
@@ -306,9 +556,9 @@ struct Counting<W> {
 }
 
 impl<W: Write> Counting<W> {
-    fn put(&mut self, data: &[u8]) -> io::Result<()> {
-        // Write in pieces so a failure leaves an exact count.
-        for piece in data.chunks(CHUNK_BYTES) {
+    /// Writes the opened chunks of `batch`, one by one so a failure leaves an exact count.
+    fn put(&mut self, batch: &Batch) -> io::Result<()> {
+        for piece in batch.opened() {
             self.inner.write_all(piece)?;
             self.written += piece.len() as u64;
         }
@@ -316,208 +566,638 @@ impl<W: Write> Counting<W> {
     }
 }
 
-fn auth_error(counter: u64) -> io::Error {
+fn auth_error(counter: u64, why: Reject) -> io::Error {
+    let what = match why {
+        Reject::Tag => "failed authentication",
+        Reject::ShortChunk => "is shorter than a full chunk but not the last one",
+        Reject::Truncated => "is truncated (shorter than its tag)",
+        Reject::EmptyLastChunk => "is an empty final chunk after non-empty ones",
+    };
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("chunk {counter} failed authentication"),
+        format!("payload chunk {counter} {what}"),
     )
 }
 
-fn open(key: &PayloadKey, chunk: &[u8], out: &mut [u8], counter: u64, last: bool) -> bool {
-    if chunk.len() < TAG_BYTES || (!last && chunk.len() != CT_CHUNK_BYTES) {
-        return false;
+/// What [`Opener::next`] yields.
+enum Opened {
+    /// An opened batch; more follow.
+    More(Batch),
+    /// The final opened batch, with the digest and size of the whole ciphertext. The caller
+    /// compares them with the expected ones before releasing this batch.
+    Final(Batch, CipherSummary),
+}
+
+/// The decryption pipeline, pulled batch by batch by `decrypt` and [`DecryptReader`]. The
+/// calling thread reads (in [`Opener::next`]); the hasher and worker threads own what they use
+/// and end on their own when the opener is dropped (the hasher's queue closes, then the
+/// workers').
+pub(super) struct Opener<R> {
+    input: io::Chain<io::Cursor<Vec<u8>>, R>,
+    limit: Option<u64>,
+    size: u64,
+    counter: u64,
+    hash_tx: Option<Sender<Job>>,
+    hasher: Option<JoinHandle<Sha256>>,
+    results: VecDeque<Receiver<Result<Batch, ChunkError>>>,
+    free: Vec<Batch>,
+    allocated: usize,
+    /// A full batch whose last-chunk flag waits for the next read.
+    pending: Option<Batch>,
+}
+
+fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(
+    name: &str,
+    f: F,
+) -> Result<JoinHandle<T>, CryptoError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(backend_error)
+}
+
+impl<R: Read> Opener<R> {
+    /// Reads and checks the header, derives the payload key and starts the threads.
+    fn new(
+        mut ciphertext: R,
+        identity: &AgeIdentity,
+        limit: Option<u64>,
+    ) -> Result<Self, CryptoError> {
+        let too_long = |size: u64| match limit {
+            Some(l) if size > l => Err(CryptoError::CiphertextTooLong {
+                expected_size: l,
+                plaintext_written: 0,
+            }),
+            _ => Ok(()),
+        };
+        // Read just enough for the header, then let age parse it and check its MAC.
+        let mut pre = Vec::with_capacity(4096);
+        let mut piece = [0u8; 4096];
+        let header_len = loop {
+            if let Some(end) = header_end(&pre) {
+                break end.min(pre.len());
+            }
+            let n = read_full(&mut ciphertext, &mut piece).map_err(|source| {
+                CryptoError::ReadCiphertext {
+                    plaintext_written: 0,
+                    source,
+                }
+            })?;
+            pre.extend_from_slice(&piece[..n]);
+            too_long(pre.len() as u64)?;
+            if n < piece.len() || pre.len() > MAX_HEADER_BYTES {
+                break header_end(&pre).unwrap_or(pre.len()).min(pre.len());
+            }
+        };
+        let slot = FileKeySlot::default();
+        let wrapper = CapturingIdentity {
+            inner: identity.as_age(),
+            slot: &slot,
+        };
+        let header_err = |source| match source {
+            age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
+            source => CryptoError::InvalidHeader { source },
+        };
+        let decryptor = age::Decryptor::new(&pre[..header_len]).map_err(header_err)?;
+        drop(
+            decryptor
+                .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
+                .map_err(header_err)?,
+        );
+        let file_key = slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("age unwrapped the file key with this identity");
+        let key = Arc::new(PayloadKey::derive(
+            &file_key,
+            &pre[header_len - NONCE_BYTES..header_len],
+        ));
+        drop(file_key);
+        // Fail here, not on a worker, if OpenSSL cannot provide the cipher.
+        drop(ChunkCipher::new(&key, false).map_err(init_error)?);
+
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..workers() {
+            let (jobs, key) = (Arc::clone(&job_rx), Arc::clone(&key));
+            spawn("hpcs-age-open", move || work(&jobs, &key, false))?;
+        }
+        // Ciphertext batches pass through the hasher in order, then on to the workers.
+        let mut hasher = Sha256::new();
+        hasher.update(&pre[..header_len]);
+        let (hash_tx, hash_rx) = mpsc::channel::<Job>();
+        let hasher = spawn("hpcs-age-hash", move || {
+            for job in hash_rx {
+                hasher.update(&job.batch.buf[..job.batch.input_len(CT_CHUNK_BYTES)]);
+                if job_tx.send(job).is_err() {
+                    break;
+                }
+            }
+            hasher
+        })?;
+        Ok(Self {
+            input: io::Cursor::new(pre[header_len..].to_vec()).chain(ciphertext),
+            limit,
+            size: header_len as u64,
+            counter: 0,
+            hash_tx: Some(hash_tx),
+            hasher: Some(hasher),
+            results: VecDeque::new(),
+            free: Vec::new(),
+            allocated: 0,
+            pending: None,
+        })
     }
-    // An empty final chunk is only allowed as the only chunk (empty plaintext).
-    if last && chunk.len() == TAG_BYTES && counter != 0 {
-        return false;
+
+    fn dispatch(&mut self, batch: Batch) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if let Some(tx) = &self.hash_tx {
+            // Fails only if the hasher is gone; `done_rx` then reports a lost worker.
+            let _ = tx.send(Job {
+                batch,
+                done: done_tx,
+            });
+        }
+        self.results.push_back(done_rx);
     }
-    let (body, tag) = chunk.split_at(chunk.len() - TAG_BYTES);
-    let dst = &mut out[..body.len()];
-    dst.copy_from_slice(body);
-    if key
-        .0
-        .decrypt_in_place_detached(&chunk_nonce(counter, last), &[], dst, Tag::from_slice(tag))
-        .is_err()
-    {
-        dst.fill(0);
-        return false;
+
+    /// Whether another batch can be read now.
+    fn can_read(&self) -> bool {
+        self.hash_tx.is_some() && (!self.free.is_empty() || self.allocated < IN_FLIGHT)
     }
-    true
+
+    /// Reads one batch and dispatches what can be dispatched.
+    fn read_batch(&mut self, written: u64) -> Result<(), CryptoError> {
+        let mut batch = self.free.pop().unwrap_or_else(|| {
+            self.allocated += 1;
+            Batch::new()
+        });
+        batch.first = self.counter;
+        batch.last = false;
+        let ended = batch
+            .fill(&mut self.input, CT_CHUNK_BYTES)
+            .map_err(|source| CryptoError::ReadCiphertext {
+                plaintext_written: written,
+                source,
+            })?;
+        self.size += batch.input_len(CT_CHUNK_BYTES) as u64;
+        if let Some(l) = self.limit
+            && self.size > l
+        {
+            return Err(CryptoError::CiphertextTooLong {
+                expected_size: l,
+                plaintext_written: written,
+            });
+        }
+        // The previous (full) batch ends the stream exactly when nothing followed it.
+        if let Some(mut prev) = self.pending.take() {
+            prev.last = batch.chunks == 0;
+            self.dispatch(prev);
+        }
+        if batch.chunks == 0 {
+            if self.counter == 0 {
+                // No chunk at all: reported as a truncated (empty) final chunk.
+                batch.chunks = 1;
+                batch.last = true;
+                self.dispatch(batch);
+            } else {
+                self.free.push(batch);
+            }
+            self.hash_tx = None;
+            return Ok(());
+        }
+        self.counter += batch.chunks as u64;
+        if ended {
+            batch.last = true;
+            self.dispatch(batch);
+            self.hash_tx = None;
+        } else {
+            self.pending = Some(batch);
+        }
+        Ok(())
+    }
+
+    /// The next opened batch, in order. `written` is the plaintext the caller has released,
+    /// for errors. Not to be called again after [`Opened::Final`] or an error.
+    fn next(&mut self, written: u64) -> Result<Opened, CryptoError> {
+        let result = loop {
+            // Keep the pipeline full: one read per batch taken, more while nothing is ready.
+            if self.can_read() {
+                self.read_batch(written)?;
+            }
+            let Some(rx) = self.results.front() else {
+                if self.can_read() {
+                    continue;
+                }
+                // Only reachable when called again after the final batch.
+                break Err(ChunkError::Lost);
+            };
+            match rx.try_recv() {
+                Ok(result) => break result,
+                Err(mpsc::TryRecvError::Disconnected) => break Err(ChunkError::Lost),
+                Err(mpsc::TryRecvError::Empty) if self.can_read() => {}
+                Err(mpsc::TryRecvError::Empty) => {
+                    break rx.recv().unwrap_or(Err(ChunkError::Lost));
+                }
+            }
+        };
+        self.results.pop_front();
+        let batch = result.map_err(|e| e.into_crypto(written))?;
+        if !batch.last {
+            return Ok(Opened::More(batch));
+        }
+        // The final batch went through the hasher before the workers, and the hasher's queue
+        // is closed: it has finished.
+        let hasher = self
+            .hasher
+            .take()
+            .expect("one final batch")
+            .join()
+            .map_err(|_| ChunkError::Lost.into_crypto(written))?;
+        Ok(Opened::Final(
+            batch,
+            CipherSummary {
+                sha256: Sha256Digest(hasher.finalize().into()),
+                size: self.size,
+            },
+        ))
+    }
+
+    /// Returns a batch whose plaintext has been consumed.
+    fn recycle(&mut self, batch: Batch) {
+        self.free.push(batch);
+    }
+}
+
+fn mismatch(
+    expected: Option<&CipherSummary>,
+    actual: CipherSummary,
+    written: u64,
+) -> Result<(), CryptoError> {
+    match expected {
+        Some(expected) if *expected != actual => Err(CryptoError::CiphertextMismatch {
+            expected: *expected,
+            actual,
+            plaintext_written: written,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Parallel [`super::decrypt`].
 pub(super) fn decrypt<R: Read, W: Write>(
-    mut ciphertext: R,
+    ciphertext: R,
     plaintext: W,
     identity: &AgeIdentity,
     expected: Option<&CipherSummary>,
 ) -> Result<DecryptSummary, CryptoError> {
-    let limit = expected.map(|e| e.size);
-    let too_long = |size: u64, written: u64| -> Result<(), CryptoError> {
-        match limit {
-            Some(l) if size > l => Err(CryptoError::CiphertextTooLong {
-                expected_size: l,
-                plaintext_written: written,
-            }),
-            _ => Ok(()),
-        }
-    };
-    let read_err = |written, source| CryptoError::ReadCiphertext {
-        plaintext_written: written,
-        source,
-    };
-
-    // Read just enough for the header, then let age parse it and check its MAC.
-    let mut pre = Vec::with_capacity(4096);
-    let mut piece = [0u8; 4096];
-    let header_len = loop {
-        if let Some(end) = header_end(&pre) {
-            break end.min(pre.len());
-        }
-        let n = read_full(&mut ciphertext, &mut piece).map_err(|e| read_err(0, e))?;
-        pre.extend_from_slice(&piece[..n]);
-        too_long(pre.len() as u64, 0)?;
-        if n < piece.len() || pre.len() > MAX_HEADER_BYTES {
-            break header_end(&pre).unwrap_or(pre.len()).min(pre.len());
-        }
-    };
-    let slot = FileKeySlot::default();
-    let wrapper = CapturingIdentity {
-        inner: identity.as_age(),
-        slot: &slot,
-    };
-    let header_err = |source| match source {
-        age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
-        source => CryptoError::InvalidHeader { source },
-    };
-    let decryptor = age::Decryptor::new(&pre[..header_len]).map_err(header_err)?;
-    drop(
-        decryptor
-            .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
-            .map_err(header_err)?,
-    );
-    let file_key = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .expect("age unwrapped the file key with this identity");
-    let key = PayloadKey::derive(&file_key, &pre[header_len - NONCE_BYTES..header_len]);
-    drop(file_key);
-
-    let mut hasher = Sha256::new();
-    hasher.update(&pre[..header_len]);
-    let mut size = header_len as u64;
-    let mut input = io::Cursor::new(pre[header_len..].to_vec()).chain(ciphertext);
+    let mut opener = Opener::new(ciphertext, identity, expected.map(|e| e.size))?;
     let mut out = Counting {
         inner: plaintext,
         written: 0,
     };
-
-    let batch = BATCH_CHUNKS * CT_CHUNK_BYTES;
-    let mut cur = Vec::with_capacity(batch);
-    let mut next = Vec::with_capacity(batch);
-    let mut plain = Zeroizing::new(vec![0u8; BATCH_CHUNKS * CHUNK_BYTES]);
-    let mut prev = Zeroizing::new(vec![0u8; BATCH_CHUNKS * CHUNK_BYTES]);
-    let mut prev_len = 0usize;
-    read_batch(&mut input, &mut cur, batch).map_err(|e| read_err(0, e))?;
-    size += cur.len() as u64;
-    too_long(size, 0)?;
-    let mut counter = 0u64;
+    let write_err = |written, source| CryptoError::WritePlaintext {
+        plaintext_written: written,
+        source,
+    };
     loop {
-        let chunks = cur.len().div_ceil(CT_CHUNK_BYTES).max(1);
-        let full = cur.len() == batch;
-        let (written, read, opened) = std::thread::scope(|s| {
-            let crypto = s.spawn(|| {
-                let mut jobs: Vec<(&[u8], &mut [u8])> = cur
-                    .chunks(CT_CHUNK_BYTES)
-                    .zip(plain.chunks_mut(CHUNK_BYTES))
-                    .take(chunks - 1)
-                    .collect();
-                par_groups(&mut jobs, |start, group| {
-                    for (i, (c, p)) in group.iter_mut().enumerate() {
-                        let n = counter + (start + i) as u64;
-                        if !open(&key, c, p, n, false) {
-                            return Err(n);
-                        }
+        match opener.next(out.written)? {
+            Opened::More(batch) => {
+                out.put(&batch).map_err(|e| write_err(out.written, e))?;
+                opener.recycle(batch);
+            }
+            Opened::Final(batch, actual) => {
+                mismatch(expected, actual, out.written)?;
+                out.put(&batch)
+                    .and_then(|()| out.inner.flush())
+                    .map_err(|e| write_err(out.written, e))?;
+                return Ok(DecryptSummary {
+                    ciphertext: actual,
+                    plaintext_size: out.written,
+                });
+            }
+        }
+    }
+}
+
+/// A reader of plaintext that decrypts and verifies an age ciphertext as it is read, on the
+/// same pipeline as [`super::decrypt`].
+///
+/// Created by [`super::decrypt_reader`]. It returns end-of-file only after the whole
+/// ciphertext has been authenticated and, if a [`CipherSummary`] was given, matched; the final
+/// batch (up to 1 MiB) is not returned before that. Every failure is an [`io::Error`] whose
+/// inner error is a [`CryptoError`] (see [`CryptoError::from_io`]). Bytes already read before
+/// an error must be discarded, as for [`super::decrypt`]; after an error every read fails.
+pub struct DecryptReader<R> {
+    opener: Option<Opener<R>>,
+    expected: Option<CipherSummary>,
+    /// The batch being returned, its next chunk and the offset in it.
+    current: Option<(Batch, usize, usize)>,
+    /// Whether `current` is the final batch (verified).
+    current_final: bool,
+    plaintext: u64,
+    finished: Option<CipherSummary>,
+}
+
+impl<R> std::fmt::Debug for DecryptReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptReader")
+            .field("expected", &self.expected)
+            .field("plaintext", &self.plaintext)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parallel [`super::decrypt_reader`].
+pub(super) fn decrypt_reader<R: Read>(
+    ciphertext: R,
+    identity: &AgeIdentity,
+    expected: Option<CipherSummary>,
+) -> Result<DecryptReader<R>, CryptoError> {
+    Ok(DecryptReader {
+        opener: Some(Opener::new(ciphertext, identity, expected.map(|e| e.size))?),
+        expected,
+        current: None,
+        current_final: false,
+        plaintext: 0,
+        finished: None,
+    })
+}
+
+impl<R: Read> DecryptReader<R> {
+    /// Like [`Read::read`], with the typed error. `Ok(0)` means the ciphertext was complete,
+    /// authentic and matched the expected summary.
+    ///
+    /// # Errors
+    ///
+    /// [`CryptoError::Decrypt`], [`CryptoError::ReadCiphertext`],
+    /// [`CryptoError::CiphertextTooLong`] or [`CryptoError::CiphertextMismatch`]; their
+    /// `plaintext_written` counts the bytes this reader returned before.
+    pub fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize, CryptoError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some((batch, chunk, off)) = &mut self.current {
+                if let Some(piece) = batch.opened().nth(*chunk) {
+                    let n = (piece.len() - *off).min(buf.len());
+                    buf[..n].copy_from_slice(&piece[*off..*off + n]);
+                    *off += n;
+                    if *off == piece.len() {
+                        *chunk += 1;
+                        *off = 0;
                     }
-                    Ok(())
-                })
-            });
-            hasher.update(&cur);
-            let w = out.put(&prev[..prev_len]);
-            let r = if full && w.is_ok() {
-                read_batch(&mut input, &mut next, batch)
-            } else {
-                next.clear();
-                Ok(())
-            };
-            let opened = crypto
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (w, r, opened)
-        });
-        if let Err(source) = written {
-            return Err(CryptoError::WritePlaintext {
-                plaintext_written: out.written,
-                source,
-            });
-        }
-        if let Err(n) = opened {
-            return Err(CryptoError::Decrypt {
-                plaintext_written: out.written,
-                source: auth_error(n),
-            });
-        }
-        read.map_err(|e| read_err(out.written, e))?;
-        size += next.len() as u64;
-        too_long(size, out.written)?;
-        let last = next.is_empty();
-        let tail = (chunks - 1) * CT_CHUNK_BYTES;
-        let n = counter + chunks as u64 - 1;
-        if !open(
-            &key,
-            &cur[tail..],
-            &mut plain[(chunks - 1) * CHUNK_BYTES..],
-            n,
-            last,
-        ) {
-            return Err(CryptoError::Decrypt {
-                plaintext_written: out.written,
-                source: auth_error(n),
-            });
-        }
-        let plain_len = (chunks - 1) * CHUNK_BYTES + cur.len() - tail - TAG_BYTES;
-        if last {
-            let actual = CipherSummary {
-                sha256: Sha256Digest(hasher.finalize().into()),
-                size,
-            };
-            if let Some(expected) = expected
-                && *expected != actual
-            {
-                return Err(CryptoError::CiphertextMismatch {
-                    expected: *expected,
-                    actual,
-                    plaintext_written: out.written,
-                });
+                    if n > 0 {
+                        self.plaintext += n as u64;
+                        return Ok(n);
+                    }
+                    continue;
+                }
+                let (batch, _, _) = self.current.take().expect("checked above");
+                if self.current_final {
+                    self.opener = None;
+                    return Ok(0);
+                }
+                if let Some(opener) = &mut self.opener {
+                    opener.recycle(batch);
+                }
             }
-            let done = out
-                .put(&plain[..plain_len])
-                .and_then(|()| out.inner.flush());
-            if let Err(source) = done {
-                return Err(CryptoError::WritePlaintext {
-                    plaintext_written: out.written,
-                    source,
-                });
+            if self.finished.is_some() {
+                return Ok(0);
             }
-            return Ok(DecryptSummary {
-                ciphertext: actual,
-                plaintext_size: out.written,
+            let Some(opener) = &mut self.opener else {
+                return Err(CryptoError::Decrypt {
+                    plaintext_written: self.plaintext,
+                    source: io::Error::other("decryption already failed"),
+                });
+            };
+            let next = opener.next(self.plaintext).and_then(|opened| match opened {
+                Opened::More(batch) => Ok((batch, false)),
+                Opened::Final(batch, actual) => {
+                    mismatch(self.expected.as_ref(), actual, self.plaintext)?;
+                    self.finished = Some(actual);
+                    Ok((batch, true))
+                }
             });
+            match next {
+                Ok((batch, last)) => {
+                    self.current = Some((batch, 0, 0));
+                    self.current_final = last;
+                }
+                Err(e) => {
+                    // Stops the threads; later reads fail.
+                    self.opener = None;
+                    return Err(e);
+                }
+            }
         }
-        counter += chunks as u64;
-        std::mem::swap(&mut plain, &mut prev);
-        prev_len = plain_len;
-        std::mem::swap(&mut cur, &mut next);
+    }
+
+    /// Digest and size of the ciphertext, once the reader has returned end-of-file.
+    #[must_use]
+    pub fn ciphertext_summary(&self) -> Option<CipherSummary> {
+        self.finished.filter(|_| self.current.is_none())
+    }
+
+    /// Plaintext bytes returned so far.
+    #[must_use]
+    pub fn plaintext_read(&self) -> u64 {
+        self.plaintext
+    }
+}
+
+impl<R: Read> Read for DecryptReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_checked(buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! STREAM rules checked with chunks that carry valid tags: the payload key is recovered
+    //! from a real file, so only the rule under test can reject them.
+
+    use super::*;
+    use crate::crypto::{decrypt, decrypt_reader, encrypt};
+    use rstest::rstest;
+
+    /// A file's header (with the payload nonce) and its payload key.
+    fn header_and_key(id: &AgeIdentity) -> (Vec<u8>, PayloadKey) {
+        let mut ct = Vec::new();
+        encrypt(&b"x"[..], &mut ct, &[id.to_public()]).unwrap();
+        let end = header_end(&ct).unwrap();
+        let slot = FileKeySlot::default();
+        let wrapper = CapturingIdentity {
+            inner: id.as_age(),
+            slot: &slot,
+        };
+        let decryptor = age::Decryptor::new(&ct[..end]).unwrap();
+        drop(
+            decryptor
+                .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
+                .unwrap(),
+        );
+        let file_key = slot.lock().unwrap().take().unwrap();
+        let key = PayloadKey::derive(&file_key, &ct[end - NONCE_BYTES..end]);
+        ct.truncate(end);
+        (ct, key)
+    }
+
+    /// A file whose payload is `chunks` (plaintext, last flag), sealed with counters 0, 1, ...
+    fn forge(id: &AgeIdentity, chunks: &[(usize, bool)]) -> Vec<u8> {
+        let (mut ct, key) = header_and_key(id);
+        let mut cipher = ChunkCipher::new(&key, true).unwrap();
+        for (i, &(len, last)) in chunks.iter().enumerate() {
+            let mut chunk = vec![0xa5u8; len + TAG_BYTES];
+            cipher.seal(&mut chunk, i as u64, last).unwrap();
+            ct.extend_from_slice(&chunk);
+        }
+        ct
+    }
+
+    /// Both decryption paths reject `ct` with an authentication error naming `chunk`, and
+    /// `decrypt` writes no plaintext from the failing batch.
+    fn assert_rejected(ct: &[u8], id: &AgeIdentity, chunk: u64, why: &str) {
+        let mut out = Vec::new();
+        let err = decrypt(ct, &mut out, id, None).unwrap_err();
+        assert!(matches!(err, CryptoError::Decrypt { .. }), "{err}");
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(
+            source.contains(&format!("payload chunk {chunk} ")) && source.contains(why),
+            "{source}"
+        );
+        assert_eq!(err.plaintext_written(), out.len() as u64);
+        let first_batch = chunk / BATCH_CHUNKS as u64 * BATCH_CHUNKS as u64;
+        assert!(out.len() as u64 <= first_batch * CHUNK_BYTES as u64);
+        let mut reader = decrypt_reader(ct, id, None).unwrap();
+        let err = io::copy(&mut reader, &mut io::sink()).unwrap_err();
+        let err = CryptoError::from_io(err).unwrap();
+        assert!(matches!(err, CryptoError::Decrypt { .. }), "{err}");
+    }
+
+    #[rstest]
+    #[case::single(&[(100, true)])]
+    #[case::exact_chunk(&[(CHUNK_BYTES, true)])]
+    #[case::exact_batch(&[(CHUNK_BYTES, false); BATCH_CHUNKS][..])]
+    fn forged_valid_streams_decrypt(#[case] chunks: &[(usize, bool)]) {
+        let id = AgeIdentity::generate();
+        let mut chunks = chunks.to_vec();
+        chunks.last_mut().unwrap().1 = true;
+        let ct = forge(&id, &chunks);
+        let mut out = Vec::new();
+        decrypt(ct.as_slice(), &mut out, &id, None).unwrap();
+        let total: usize = chunks.iter().map(|c| c.0).sum();
+        assert_eq!(out, vec![0xa5u8; total]);
+    }
+
+    #[test]
+    fn final_chunk_without_last_flag_fails() {
+        let id = AgeIdentity::generate();
+        // A file cut after a full chunk: its final chunk was not sealed as the last one.
+        let ct = forge(&id, &[(CHUNK_BYTES, false), (CHUNK_BYTES, false)]);
+        assert_rejected(&ct, &id, 1, "failed authentication");
+        // Same at a batch boundary.
+        let ct = forge(&id, &[(CHUNK_BYTES, false); BATCH_CHUNKS]);
+        assert_rejected(&ct, &id, BATCH_CHUNKS as u64 - 1, "failed authentication");
+    }
+
+    #[test]
+    fn last_flag_before_the_end_fails() {
+        let id = AgeIdentity::generate();
+        // A chunk flagged last followed by more chunks: age stops at the flagged chunk, so the
+        // rest would be an extension; it must not decrypt.
+        let ct = forge(
+            &id,
+            &[(CHUNK_BYTES, false), (CHUNK_BYTES, true), (10, true)],
+        );
+        assert_rejected(&ct, &id, 1, "failed authentication");
+        // The same across a batch boundary.
+        let mut chunks = vec![(CHUNK_BYTES, false); BATCH_CHUNKS + 1];
+        chunks[BATCH_CHUNKS - 1].1 = true;
+        chunks[BATCH_CHUNKS].1 = true;
+        let ct = forge(&id, &chunks);
+        assert_rejected(&ct, &id, BATCH_CHUNKS as u64 - 1, "failed authentication");
+    }
+
+    #[test]
+    fn empty_last_chunk_after_data_fails() {
+        let id = AgeIdentity::generate();
+        // Correctly tagged, but age allows an empty final chunk only for an empty file.
+        let ct = forge(&id, &[(CHUNK_BYTES, false), (0, true)]);
+        let err = decrypt(ct.as_slice(), Vec::new(), &id, None).unwrap_err();
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(
+            source.contains("payload chunk 1 is an empty final chunk"),
+            "{source}"
+        );
+        // An empty file is exactly one empty final chunk.
+        let ct = forge(&id, &[(0, true)]);
+        let mut out = Vec::new();
+        decrypt(ct.as_slice(), &mut out, &id, None).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn short_middle_chunk_fails() {
+        let id = AgeIdentity::generate();
+        // A short chunk that is not the last: the reader sees full chunks, so the short
+        // chunk's bytes shift the framing and the tag no longer verifies.
+        let ct = forge(&id, &[(100, false), (CHUNK_BYTES, true)]);
+        assert_rejected(&ct, &id, 0, "failed authentication");
+    }
+
+    #[rstest]
+    #[case::missing_payload(0)]
+    #[case::partial_tag(TAG_BYTES - 1)]
+    fn payload_shorter_than_a_tag_fails(#[case] keep: usize) {
+        let id = AgeIdentity::generate();
+        let ct = forge(&id, &[(0, true)]);
+        let cut = ct.len() - TAG_BYTES + keep;
+        let err = decrypt(&ct[..cut], Vec::new(), &id, None).unwrap_err();
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("payload chunk 0 is truncated"), "{source}");
+    }
+
+    #[test]
+    fn tampered_tag_in_first_batch_releases_nothing() {
+        let id = AgeIdentity::generate();
+        let mut chunks = vec![(CHUNK_BYTES, false); 3 * BATCH_CHUNKS];
+        chunks.last_mut().unwrap().1 = true;
+        let mut ct = forge(&id, &chunks);
+        // The tag of chunk 2: nothing of batch 0 may be written, nor anything after it.
+        let end = header_end(&ct).unwrap();
+        ct[end + 3 * CT_CHUNK_BYTES - 1] ^= 1;
+        let mut out = Vec::new();
+        let err = decrypt(ct.as_slice(), &mut out, &id, None).unwrap_err();
+        assert!(out.is_empty(), "{} bytes released", out.len());
+        assert_eq!(err.plaintext_written(), 0);
+        assert_rejected(&ct, &id, 2, "failed authentication");
+    }
+
+    #[test]
+    fn failed_open_wipes_the_chunk() {
+        let id = AgeIdentity::generate();
+        let (_, key) = header_and_key(&id);
+        let mut chunk = vec![7u8; 1000 + TAG_BYTES];
+        ChunkCipher::new(&key, true)
+            .unwrap()
+            .seal(&mut chunk, 0, true)
+            .unwrap();
+        chunk[0] ^= 1;
+        let mut opener = ChunkCipher::new(&key, false).unwrap();
+        assert!(opener.open(&mut chunk, 0, true).is_err());
+        assert!(chunk[..1000].iter().all(|&b| b == 0), "not wiped");
+        // The context is reusable after a failure.
+        chunk[0] ^= 1;
+        let mut good = vec![7u8; 1000 + TAG_BYTES];
+        ChunkCipher::new(&key, true)
+            .unwrap()
+            .seal(&mut good, 0, true)
+            .unwrap();
+        opener.open(&mut good, 0, true).unwrap();
+        assert_eq!(&good[..1000], &[7u8; 1000][..]);
     }
 }
