@@ -1029,6 +1029,34 @@ impl World {
 
     /// devspire entries issuing the reader identity of secret `id`.
     pub fn reader_entries(&self, id: &str) -> usize {
+        self.reader_entry_ids(id).len()
+    }
+
+    /// Deletes the reader entries of secret `id` as the SPIRE administrator (cleanup after a
+    /// case whose server can no longer revoke).
+    pub fn delete_reader_entries(&self, id: &str) {
+        use hpcs_spire_api::server::entry::v1::{
+            BatchDeleteEntryRequest, entry_client::EntryClient,
+        };
+        let ids = self.reader_entry_ids(id);
+        if ids.is_empty() {
+            return;
+        }
+        self.rt.block_on(async {
+            let channel = hpcs_spire_api::channel::connect_unix(
+                &self.stack.devspire_admin_socket,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("devspire admin socket");
+            EntryClient::new(channel)
+                .batch_delete_entry(BatchDeleteEntryRequest { ids })
+                .await
+                .expect("delete devspire entries");
+        });
+    }
+
+    fn reader_entry_ids(&self, id: &str) -> Vec<String> {
         use hpcs_spire_api::server::entry::v1::{
             ListEntriesRequest, entry_client::EntryClient, list_entries_request::Filter,
         };
@@ -1053,8 +1081,24 @@ impl World {
                 .await
                 .expect("list devspire entries")
                 .into_inner();
-            resp.entries.len()
+            resp.entries.into_iter().map(|e| e.id).collect()
         })
+    }
+
+    /// Secret `id` is fully registered: its registry and key records, its reader role and read
+    /// policy, its SPIRE entry (the positive control of [`World::assert_not_registered`]).
+    pub fn assert_registered(&self, id: &str) {
+        let kv = &self.kv_mount;
+        for path in [
+            format!("{kv}/data/_registry/secrets/{id}"),
+            format!("{kv}/metadata/{id}"),
+            format!("auth/{}/role/hpcs-secret-{id}", self.auth_mount),
+            format!("sys/policies/acl/hpcs-secret-{id}-read"),
+        ] {
+            let (status, body) = self.vault_get(&path);
+            assert_eq!(status, 200, "{path} of a registered secret: {body}");
+        }
+        assert_eq!(self.reader_entries(id), 1, "SPIRE entry of secret {id}");
     }
 
     /// Nothing of secret `id` remains: no registry record, no key record, no reader role, no
@@ -1063,7 +1107,7 @@ impl World {
         let kv = &self.kv_mount;
         for path in [
             format!("{kv}/data/_registry/secrets/{id}"),
-            format!("{kv}/metadata/secrets/{id}"),
+            format!("{kv}/metadata/{id}"),
             format!("auth/{}/role/hpcs-secret-{id}", self.auth_mount),
             format!("sys/policies/acl/hpcs-secret-{id}-read"),
             format!("sys/policies/acl/hpcs-secret-{id}-write"),
@@ -1082,7 +1126,7 @@ impl World {
     pub fn key_records(&self) -> Vec<String> {
         let (status, body) = self.vault_req(
             reqwest::Method::from_bytes(b"LIST").unwrap(),
-            &format!("{}/metadata/secrets", self.kv_mount),
+            &format!("{}/metadata/", self.kv_mount),
             None,
         );
         if status == 404 {
@@ -1092,7 +1136,9 @@ impl World {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .filter_map(|k| k.as_str())
+                    .filter(|k| !k.starts_with("_registry"))
+                    .map(str::to_owned)
                     .collect()
             })
             .unwrap_or_default()
