@@ -191,16 +191,7 @@ fn main() -> ExitCode {
     for r in &rows {
         println!("{r}");
     }
-    if let Ok(path) = std::env::var("HPCS_BENCH_SUMMARY") {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("open HPCS_BENCH_SUMMARY file {path}: {e}"));
-        for s in &summary {
-            writeln!(f, "{s}").unwrap();
-        }
-    }
+    hpcs_test_support::append_bench_summary(&summary);
     ExitCode::SUCCESS
 }
 

@@ -8,6 +8,7 @@
 //! - [`prepare`]: the prep tools' pipeline (encrypt, register, write key, ship, revoke on failure).
 
 pub mod identity;
+pub mod logging;
 pub mod prepare;
 pub mod server_api;
 pub mod ssh;

@@ -29,7 +29,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::Write as _;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,14 +74,7 @@ async fn bench(mib: usize, runs: usize) {
 
     // The image: busybox plus an incompressible layer.
     let t = Instant::now();
-    let mut filler = vec![0u8; mib << 20];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (mib as u64);
-    for chunk in filler.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let filler = common::incompressible(mib << 20, mib as u64);
     let name = format!("hpcs-node-bench-{}", ns.id);
     let (image_tar, image_id) = common::unique_image_archive(
         &engine,
@@ -229,19 +221,10 @@ async fn bench(mib: usize, runs: usize) {
         all(&ours),
         os / ds
     );
-    if let Ok(path) = std::env::var("HPCS_BENCH_SUMMARY") {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("open HPCS_BENCH_SUMMARY file {path}: {e}"));
-        writeln!(
-            f,
-            "| node start, {mib} MiB image (hpcs-node run to entrypoint) | {os:.2} s | docker load + run {ds:.2} s | {:.2}x time | none set | - |",
-            os / ds
-        )
-        .unwrap();
-    }
+    hpcs_test_support::append_bench_summary(&[format!(
+        "| node start, {mib} MiB image (hpcs-node run to entrypoint) | {os:.2} s | docker load + run {ds:.2} s | {:.2}x time | none set | - |",
+        os / ds
+    )]);
 }
 
 /// Seconds since boot, from `/proc/uptime` (what the container prints).

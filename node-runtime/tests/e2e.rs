@@ -649,14 +649,7 @@ async fn measure_large_image_path() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     // Incompressible filler, so nothing along the way can shortcut it.
-    let mut filler = vec![0u8; mib << 20];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in filler.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let filler = common::incompressible(mib << 20, 0);
     let name = format!("hpcs-node-e2e-{}", ns.id);
     let (image_tar, image_id) = common::unique_image_archive(
         &engine,

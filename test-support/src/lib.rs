@@ -5,6 +5,7 @@
 //! - [`ns`]: a unique namespace per test, so tests sharing one stack run in parallel.
 //! - [`run_as`]: a `Command` that runs as one of the test users.
 //! - [`cli_docs`]: checks that `docs/cli.md` documents every flag of a binary (no stack needed).
+//! - [`append_bench_summary`]: the summary rows benches hand to `scripts/bench`.
 //!
 //! A test that needs the stack calls [`Stack::load`], which panics with the command that starts the
 //! stack when it is missing. A developer may opt out with `HPCS_ALLOW_NO_STACK=1` through
@@ -324,6 +325,28 @@ pub fn run_as(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command 
         .args(["-u", user.name, "--"])
         .arg(program);
     cmd
+}
+
+/// Appends `rows` (Markdown table rows) to the file named by `HPCS_BENCH_SUMMARY`, if set:
+/// `scripts/bench` collects every bench's rows there into one summary table.
+///
+/// # Panics
+///
+/// If the file cannot be opened or written (a bench run should stop loudly).
+pub fn append_bench_summary(rows: &[String]) {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("HPCS_BENCH_SUMMARY") else {
+        return;
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open HPCS_BENCH_SUMMARY file {path}: {e}"));
+    for row in rows {
+        writeln!(f, "{row}")
+            .unwrap_or_else(|e| panic!("write HPCS_BENCH_SUMMARY file {path}: {e}"));
+    }
 }
 
 #[cfg(test)]
