@@ -8,22 +8,6 @@ mod common;
 
 use common::{DATA_MARKER, JobSpec, World};
 
-/// Words a shell would split, expand or execute if they were not quoted all the way; `@` stands
-/// for a canary path that must never be created.
-const HOSTILE_ARGS: [&str; 11] = [
-    "it's",
-    "'; touch @; '",
-    "$(touch @)",
-    "`touch @`",
-    "line1\ntouch @",
-    "; touch @",
-    "&& touch @ || touch @",
-    "\"$HOME\" ${PATH} $0 $@ * ~",
-    "",
-    "--workdir=/etc",
-    "tab\there and a trailing backslash \\",
-];
-
 #[test]
 fn alice_runs_her_job_end_to_end_and_hostile_arguments_arrive_byte_for_byte() {
     let w = World::new();
@@ -49,10 +33,7 @@ fn alice_runs_her_job_end_to_end_and_hostile_arguments_arrive_byte_for_byte() {
     std::fs::write(&env_file, text).unwrap();
     common::chown_r(&env_file, w.alice.uid(), w.alice.gid());
 
-    let args: Vec<String> = HOSTILE_ARGS
-        .iter()
-        .map(|a| a.replace('@', &canary_s))
-        .collect();
+    let args = hpcs_test_support::hostile_words(&canary_s);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let data_infos = [data.info.as_path()];
     let mut spec = JobSpec::new("happy", &app.info, &data_infos);

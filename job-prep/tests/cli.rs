@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use assert_cmd::Command;
-use hpcs_client::ssh::{SshSession, SshTarget};
+use hpcs_client::ssh::SshSession;
 use hpcs_core::crypto::Sha256Digest;
 use hpcs_test_support::{Stack, ns};
+
+mod common;
 
 /// Records argv, talks on both streams, seals `<workdir>/output/<job>.tar.age` with `age`.
 const FAKE_OK: &str = r#"#!/bin/sh
@@ -43,20 +45,6 @@ const FAKE_FAIL: &str = "#!/bin/sh\necho 'fake node: failing on purpose' >&2\nex
 
 const FAKE_SLEEP: &str = "#!/bin/sh\necho 'fake node: sleeping'\nsleep 300\n";
 
-fn target(stack: &Stack) -> SshTarget {
-    SshTarget {
-        host: stack.ssh_host.clone(),
-        port: stack.ssh_port,
-        user: "alice".into(),
-        key: Some(stack.alice.ssh_key.clone()),
-        known_hosts: stack.ssh_known_hosts.clone(),
-        accept_new: false,
-        connect_timeout: Duration::from_secs(10),
-        op_timeout: Duration::from_secs(60),
-        keepalive: Duration::from_secs(15),
-    }
-}
-
 /// One test's world: a local config dir and a remote directory of alice's holding the
 /// artefacts, the stand-in node programs and (below `work`) the job's work directory.
 struct World {
@@ -75,7 +63,8 @@ impl Drop for World {
 impl World {
     fn new(prefix: &str) -> Option<Self> {
         let stack = Stack::load_or_skip()?;
-        let ssh = SshSession::connect(&target(&stack)).expect("ssh to the stack as alice");
+        let ssh =
+            SshSession::connect(&common::alice_target(&stack)).expect("ssh to the stack as alice");
         let remote = format!("/tmp/{}", ns(prefix));
         ssh.mkdir_p(&remote, 0o700).expect("create the remote dir");
         let local = tempfile::tempdir().expect("local temp dir");
@@ -211,21 +200,6 @@ fn job_id(stdout: &str) -> String {
     first.to_owned()
 }
 
-/// Words a shell would expand, split or execute if they were not quoted; `@` is replaced by a
-/// canary path that must never be created.
-const HOSTILE: [&str; 10] = [
-    "it's",
-    "'; touch @; '",
-    "$(touch @)",
-    "`touch @`",
-    "line1\ntouch @",
-    "; touch @",
-    "&& touch @ || touch @",
-    "\"$HOME\" ${PATH} $0 $@ * ~",
-    "",
-    "--workdir=/etc",
-];
-
 #[test]
 fn submit_follow_and_fetch_output_with_hostile_arguments() {
     let Some(w) = World::new("jp-cli-ok") else {
@@ -233,7 +207,7 @@ fn submit_follow_and_fetch_output_with_hostile_arguments() {
     };
     let data = w.artefact("data", "data", b"data ciphertext stand-in");
     let canary = format!("{}/pwned", w.remote);
-    let hostile: Vec<String> = HOSTILE.iter().map(|h| h.replace('@', &canary)).collect();
+    let hostile = hpcs_test_support::hostile_words(&canary);
     let env = w.local.path().join("job.env");
     std::fs::write(
         &env,

@@ -3,26 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use hpcs_client::ssh::{SshSession, SshTarget};
+use hpcs_client::ssh::SshSession;
 use hpcs_core::secret::AgeIdentity;
 use hpcs_test_support::{Stack, ns};
 use job_prep::output::{OutputError, fetch_output};
 use job_prep::slurm::{self, JobId, JobState};
 use job_prep::spec::WorkDir;
 
-fn target(stack: &Stack) -> SshTarget {
-    SshTarget {
-        host: stack.ssh_host.clone(),
-        port: stack.ssh_port,
-        user: "alice".into(),
-        key: Some(stack.alice.ssh_key.clone()),
-        known_hosts: stack.ssh_known_hosts.clone(),
-        accept_new: false,
-        connect_timeout: Duration::from_secs(10),
-        op_timeout: Duration::from_secs(60),
-        keepalive: Duration::from_secs(15),
-    }
-}
+mod common;
 
 /// A work directory of alice's on the cluster, removed on drop.
 struct RemoteDir<'a> {
@@ -66,7 +54,7 @@ fn submit_status_and_cancel() {
     let Some(stack) = Stack::load_or_skip() else {
         return;
     };
-    let ssh = SshSession::connect(&target(&stack)).unwrap();
+    let ssh = SshSession::connect(&common::alice_target(&stack)).unwrap();
     let dir = RemoteDir::new(&ssh, "jp-slurm");
     let script = format!("{}/job.sh", dir.path);
     let body = format!(
@@ -91,7 +79,7 @@ fn failing_job_reports_its_exit_code() {
     let Some(stack) = Stack::load_or_skip() else {
         return;
     };
-    let ssh = SshSession::connect(&target(&stack)).unwrap();
+    let ssh = SshSession::connect(&common::alice_target(&stack)).unwrap();
     let dir = RemoteDir::new(&ssh, "jp-fail");
     let script = format!("{}/job.sh", dir.path);
     let body = format!(
@@ -113,7 +101,7 @@ fn sbatch_refusal_and_unknown_jobs() {
     let Some(stack) = Stack::load_or_skip() else {
         return;
     };
-    let ssh = SshSession::connect(&target(&stack)).unwrap();
+    let ssh = SshSession::connect(&common::alice_target(&stack)).unwrap();
     let dir = RemoteDir::new(&ssh, "jp-refuse");
     let script = format!("{}/job.sh", dir.path);
     ssh.upload(
@@ -171,7 +159,7 @@ fn fetch_output_round_trips_a_sealed_tarball() {
     let Some(stack) = Stack::load_or_skip() else {
         return;
     };
-    let ssh = SshSession::connect(&target(&stack)).unwrap();
+    let ssh = SshSession::connect(&common::alice_target(&stack)).unwrap();
     let dir = RemoteDir::new(&ssh, "jp-out");
     let identity = AgeIdentity::generate();
     seal(&ssh, &dir.path, identity.to_public().as_str());
@@ -235,7 +223,7 @@ fn fetch_output_refuses_a_replaceable_output() {
     let Some(stack) = Stack::load_or_skip() else {
         return;
     };
-    let ssh = SshSession::connect(&target(&stack)).unwrap();
+    let ssh = SshSession::connect(&common::alice_target(&stack)).unwrap();
     let dir = RemoteDir::new(&ssh, "jp-untrusted");
     let identity = AgeIdentity::generate();
     seal(&ssh, &dir.path, identity.to_public().as_str());

@@ -327,6 +327,31 @@ pub fn run_as(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command 
     cmd
 }
 
+/// Words a shell would split, expand or execute if they were not quoted all the way, for tests
+/// that pass user strings through scripts and SSH; each `@` stands for a canary path that must
+/// never be created ([`hostile_words`] substitutes it).
+pub const HOSTILE_WORDS: [&str; 11] = [
+    "it's",
+    "'; touch @; '",
+    "$(touch @)",
+    "`touch @`",
+    "line1\ntouch @",
+    "; touch @",
+    "&& touch @ || touch @",
+    "\"$HOME\" ${PATH} $0 $@ * ~",
+    "",
+    "--workdir=/etc",
+    "tab\there and a trailing backslash \\",
+];
+
+/// [`HOSTILE_WORDS`] with `@` replaced by `canary`.
+pub fn hostile_words(canary: &str) -> Vec<String> {
+    HOSTILE_WORDS
+        .iter()
+        .map(|w| w.replace('@', canary))
+        .collect()
+}
+
 /// Appends `rows` (Markdown table rows) to the file named by `HPCS_BENCH_SUMMARY`, if set:
 /// `scripts/bench` collects every bench's rows there into one summary table.
 ///
