@@ -894,9 +894,8 @@ pub struct DecryptReader<R> {
     expected: Option<CipherSummary>,
     /// The batch being returned, its next chunk and the offset in it.
     current: Option<(Batch, usize, usize)>,
-    /// Whether `current` is the final batch (verified).
-    current_final: bool,
     plaintext: u64,
+    /// The verified summary, set when the final batch is taken: `current` is then that batch.
     finished: Option<CipherSummary>,
 }
 
@@ -920,7 +919,6 @@ pub(super) fn decrypt_reader<R: Read>(
         opener: Some(Opener::new(ciphertext, identity, expected.map(|e| e.size))?),
         expected,
         current: None,
-        current_final: false,
         plaintext: 0,
         finished: None,
     })
@@ -956,15 +954,13 @@ impl<R: Read> DecryptReader<R> {
                     continue;
                 }
                 let (batch, _, _) = self.current.take().expect("checked above");
-                if self.current_final {
-                    self.opener = None;
-                    return Ok(0);
-                }
                 if let Some(opener) = &mut self.opener {
                     opener.recycle(batch);
                 }
             }
             if self.finished.is_some() {
+                // The final batch has been returned whole: stop the threads.
+                self.opener = None;
                 return Ok(0);
             }
             let Some(opener) = &mut self.opener else {
@@ -974,18 +970,15 @@ impl<R: Read> DecryptReader<R> {
                 });
             };
             let next = opener.next(self.plaintext).and_then(|opened| match opened {
-                Opened::More(batch) => Ok((batch, false)),
+                Opened::More(batch) => Ok(batch),
                 Opened::Final(batch, actual) => {
                     mismatch(self.expected.as_ref(), actual, self.plaintext)?;
                     self.finished = Some(actual);
-                    Ok((batch, true))
+                    Ok(batch)
                 }
             });
             match next {
-                Ok((batch, last)) => {
-                    self.current = Some((batch, 0, 0));
-                    self.current_final = last;
-                }
+                Ok(batch) => self.current = Some((batch, 0, 0)),
                 Err(e) => {
                     // Stops the threads; later reads fail.
                     self.opener = None;
