@@ -1908,11 +1908,18 @@ pub fn load_client(path: &Path) -> Result<ClientConfig, ConfigError> {
     RawIni::<RawClientConfig>::load(path)?.try_into()
 }
 
-/// A program on the cluster: an absolute path or a bare command name, of characters that need
-/// no quoting anywhere (`[A-Za-z0-9_./+-]`), without `.` or `..` components.
-fn remote_command(v: &str) -> Result<String, &'static str> {
-    const EXPECTED: &str =
-        "an absolute path or a command name of [A-Za-z0-9_./+-], without . or .. components";
+/// What [`check_remote_command`] accepts.
+pub const REMOTE_COMMAND_RULE: &str =
+    "an absolute path or a command name of [A-Za-z0-9_./+-], without . or .. components";
+
+/// Checks a program on the cluster (`[supercomputer] hpcs-node`, job-prep's `--hpcs-node`): an
+/// absolute path or a bare command name, of characters that need no quoting anywhere
+/// (`[A-Za-z0-9_./+-]`), without `.` or `..` components, at most 4096 bytes.
+///
+/// # Errors
+///
+/// [`REMOTE_COMMAND_RULE`] when `v` breaks it.
+pub fn check_remote_command(v: &str) -> Result<(), &'static str> {
     let charset = v
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '+' | '-'));
@@ -1921,10 +1928,15 @@ fn remote_command(v: &str) -> Result<String, &'static str> {
         .split('/')
         .skip(1)
         .all(|c| !c.is_empty() && c != "." && c != "..");
-    if v.len() > 4096 || !charset || !shape || !components || v == "." || v == ".." {
-        return Err(EXPECTED);
+    if v.is_empty() || v.len() > 4096 || !charset || !shape || !components || v == "." || v == ".."
+    {
+        return Err(REMOTE_COMMAND_RULE);
     }
-    Ok(v.to_owned())
+    Ok(())
+}
+
+fn remote_command(v: &str) -> Result<String, &'static str> {
+    check_remote_command(v).map(|()| v.to_owned())
 }
 
 /// Loads and validates a server config file.
