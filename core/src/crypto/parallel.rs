@@ -100,11 +100,45 @@ impl age::Identity for CapturingIdentity<'_> {
 struct PayloadKey(Zeroizing<[u8; 32]>);
 
 impl PayloadKey {
-    fn derive(file_key: &[u8; 16], nonce: &[u8]) -> Self {
+    /// Derives the key from the file key a capturing wrapper stored in `slot` (taken out and
+    /// wiped) and the payload nonce.
+    fn take(slot: &FileKeySlot, nonce: &[u8]) -> Self {
+        let file_key = slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("age handed the file key to the capturing wrapper");
         Self(Zeroizing::new(age_core::primitives::hkdf(
-            nonce, b"payload", file_key,
+            nonce,
+            b"payload",
+            file_key.as_slice(),
         )))
     }
+}
+
+/// Checks `header` (an age header followed by the payload nonce) with age, and returns its
+/// payload key.
+fn open_header(header: &[u8], identity: &AgeIdentity) -> Result<PayloadKey, CryptoError> {
+    let slot = FileKeySlot::default();
+    let wrapper = CapturingIdentity {
+        inner: identity.as_age(),
+        slot: &slot,
+    };
+    let header_err = |source| match source {
+        age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
+        source => CryptoError::InvalidHeader { source },
+    };
+    let decryptor = age::Decryptor::new(header).map_err(header_err)?;
+    // age has read the nonce once the stream exists, so the header holds one.
+    drop(
+        decryptor
+            .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
+            .map_err(header_err)?,
+    );
+    Ok(PayloadKey::take(
+        &slot,
+        &header[header.len() - NONCE_BYTES..],
+    ))
 }
 
 fn chunk_nonce(counter: u64, last: bool) -> [u8; 12] {
@@ -413,13 +447,7 @@ pub(super) fn encrypt<R: Read, W: Write>(
     // itself is dropped unused (it writes nothing more without `finish`).
     let mut header = Vec::new();
     drop(encryptor.wrap_output(&mut header).map_err(write_err)?);
-    let file_key = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .expect("age wrapped the file key for at least one recipient");
-    let key = PayloadKey::derive(&file_key, &header[header.len() - NONCE_BYTES..]);
-    drop(file_key);
+    let key = PayloadKey::take(&slot, &header[header.len() - NONCE_BYTES..]);
     // Fail here, not on a worker, if OpenSSL cannot provide the cipher.
     drop(ChunkCipher::new(&key, true).map_err(init_error)?);
 
@@ -649,31 +677,7 @@ impl<R: Read> Opener<R> {
                 break header_end(&pre).unwrap_or(pre.len()).min(pre.len());
             }
         };
-        let slot = FileKeySlot::default();
-        let wrapper = CapturingIdentity {
-            inner: identity.as_age(),
-            slot: &slot,
-        };
-        let header_err = |source| match source {
-            age::DecryptError::NoMatchingKeys => CryptoError::WrongKey,
-            source => CryptoError::InvalidHeader { source },
-        };
-        let decryptor = age::Decryptor::new(&pre[..header_len]).map_err(header_err)?;
-        drop(
-            decryptor
-                .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
-                .map_err(header_err)?,
-        );
-        let file_key = slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .expect("age unwrapped the file key with this identity");
-        let key = Arc::new(PayloadKey::derive(
-            &file_key,
-            &pre[header_len - NONCE_BYTES..header_len],
-        ));
-        drop(file_key);
+        let key = Arc::new(open_header(&pre[..header_len], identity)?);
         // Fail here, not on a worker, if OpenSSL cannot provide the cipher.
         drop(ChunkCipher::new(&key, false).map_err(init_error)?);
 
@@ -1021,21 +1025,8 @@ mod tests {
     fn header_and_key(id: &AgeIdentity) -> (Vec<u8>, PayloadKey) {
         let mut ct = Vec::new();
         encrypt(&b"x"[..], &mut ct, &[id.to_public()]).unwrap();
-        let end = header_end(&ct).unwrap();
-        let slot = FileKeySlot::default();
-        let wrapper = CapturingIdentity {
-            inner: id.as_age(),
-            slot: &slot,
-        };
-        let decryptor = age::Decryptor::new(&ct[..end]).unwrap();
-        drop(
-            decryptor
-                .decrypt(std::iter::once(&wrapper as &dyn age::Identity))
-                .unwrap(),
-        );
-        let file_key = slot.lock().unwrap().take().unwrap();
-        let key = PayloadKey::derive(&file_key, &ct[end - NONCE_BYTES..end]);
-        ct.truncate(end);
+        ct.truncate(header_end(&ct).unwrap());
+        let key = open_header(&ct, id).unwrap();
         (ct, key)
     }
 
