@@ -14,12 +14,13 @@
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
-use hpcs_client::ssh::{SshError, SshSession};
+use hpcs_client::ssh::{RemoteStat, SshError, SshSession};
 use hpcs_core::archive::{ArchiveError, unpack_safe};
 use hpcs_core::crypto::{CipherSummary, CryptoError, decrypt_reader};
 use hpcs_core::secret::{AgeIdentity, SecretError, load_or_create_identity};
 use serde::Serialize;
 
+use crate::remote::ownership_problem;
 use crate::slurm::JobId;
 use crate::spec::{WorkDir, output_path};
 
@@ -64,7 +65,7 @@ pub enum OutputError {
         path: String,
     },
     /// The output file or a directory above it could have been written by someone else.
-    #[error("refusing {path}: {reason}")]
+    #[error("refusing {path}: it {reason}")]
     Untrusted {
         /// The remote path.
         path: String,
@@ -173,39 +174,30 @@ fn ssh_err(op: impl Into<String>) -> impl FnOnce(SshError) -> OutputError {
     }
 }
 
-/// Checks that `path` on the cluster belongs to the user and nobody else can write it.
-fn check_owned(ssh: &SshSession, path: &str, uid: u32, want_dir: bool) -> Result<u64, OutputError> {
+/// Checks that `path` on the cluster belongs to the user and nobody else can write it; returns
+/// its size. `st` is its stat if already known, else it is read here.
+fn check_owned(
+    ssh: &SshSession,
+    path: &str,
+    st: Option<RemoteStat>,
+    uid: u32,
+    want_dir: bool,
+) -> Result<u64, OutputError> {
     let untrusted = |reason: String| OutputError::Untrusted {
         path: path.to_owned(),
         reason,
     };
-    let st = ssh
-        .stat(path)
-        .map_err(ssh_err(format!("stat {path}")))?
-        .ok_or_else(|| untrusted("it does not exist".into()))?;
-    if want_dir && !st.is_dir() || !want_dir && !st.is_file() {
-        return Err(untrusted(format!(
-            "not a {}",
-            if want_dir {
-                "directory"
-            } else {
-                "regular file"
-            }
-        )));
+    let st = match st {
+        Some(st) => st,
+        None => ssh
+            .stat(path)
+            .map_err(ssh_err(format!("stat {path}")))?
+            .ok_or_else(|| untrusted("does not exist".into()))?,
+    };
+    match ownership_problem(&st, uid, want_dir) {
+        Some(problem) => Err(untrusted(problem)),
+        None => Ok(st.size),
     }
-    if st.uid != Some(uid) {
-        return Err(untrusted(format!(
-            "owned by uid {}, not by you (uid {uid})",
-            st.uid.map_or_else(|| "unknown".into(), |u| u.to_string())
-        )));
-    }
-    if st.perm() & 0o022 != 0 {
-        return Err(untrusted(format!(
-            "writable by group or others (mode {:o})",
-            st.perm()
-        )));
-    }
-    Ok(st.size)
 }
 
 /// Downloads, verifies, decrypts and safely unpacks job `job`'s output into `<dest>/<job>`.
@@ -228,19 +220,18 @@ pub fn fetch_output(
     let uid = ssh
         .remote_uid()
         .map_err(ssh_err("read the remote uid (id -u)"))?;
-    if ssh
+    let Some(remote_st) = ssh
         .stat(&remote)
         .map_err(ssh_err(format!("stat {remote}")))?
-        .is_none()
-    {
+    else {
         return Err(OutputError::NoOutput {
             job: job.clone(),
             path: remote,
         });
-    }
-    check_owned(ssh, workdir.as_str(), uid, true)?;
-    check_owned(ssh, &workdir.join("output"), uid, true)?;
-    let size = check_owned(ssh, &remote, uid, false)?;
+    };
+    check_owned(ssh, workdir.as_str(), None, uid, true)?;
+    check_owned(ssh, &workdir.join("output"), None, uid, true)?;
+    let size = check_owned(ssh, &remote, Some(remote_st), uid, false)?;
     let sha256 = ssh
         .sha256(&remote)
         .map_err(ssh_err(format!("compute the sha256 of {remote}")))?;

@@ -7,7 +7,7 @@
 //!   owns or can write, since the job's logs and sealed output land there.
 //! - [`upload_submission`]: the batch script, env file and hooks, into a fresh 0700 directory.
 
-use hpcs_client::ssh::{SshError, SshSession};
+use hpcs_client::ssh::{RemoteStat, SshError, SshSession};
 use hpcs_core::ids::RemotePath;
 use hpcs_core::info::{INFO_FILE_MAX_BYTES, InfoError, InfoFile};
 
@@ -185,6 +185,31 @@ pub fn check_artefact(
     Ok(info)
 }
 
+/// Why `st` cannot count as written by the user `uid` alone, if it cannot: not a directory
+/// (`want_dir`) or regular file, owned by someone else, or writable by group or others. Shared
+/// by the work directory check before submitting and the output check before fetching.
+pub(crate) fn ownership_problem(st: &RemoteStat, uid: u32, want_dir: bool) -> Option<String> {
+    if want_dir && !st.is_dir() {
+        return Some("is not a directory".into());
+    }
+    if !want_dir && !st.is_file() {
+        return Some("is not a regular file".into());
+    }
+    if st.uid != Some(uid) {
+        return Some(format!(
+            "is owned by uid {}, not by you (uid {uid})",
+            st.uid.map_or_else(|| "unknown".into(), |u| u.to_string())
+        ));
+    }
+    if st.perm() & 0o022 != 0 {
+        return Some(format!(
+            "is writable by group or others (mode {:o})",
+            st.perm()
+        ));
+    }
+    None
+}
+
 /// Creates the work directory if needed (mode 0700) and checks it belongs to the SSH user and
 /// is writable by nobody else. Returns a warning when others can read or enter it.
 ///
@@ -207,18 +232,9 @@ pub fn prepare_workdir(
         .stat(path)
         .map_err(ssh_err(format!("stat {path}")))?
         .ok_or_else(|| bad("vanished after it was created".into()))?;
-    if !st.is_dir() {
-        return Err(bad("is not a directory".into()));
-    }
-    if st.uid != Some(uid) {
+    if let Some(problem) = ownership_problem(&st, uid, true) {
         return Err(bad(format!(
-            "is not owned by you (uid {uid})\nhint: use a directory of your own for -s/--workdir"
-        )));
-    }
-    if st.perm() & 0o022 != 0 {
-        return Err(bad(format!(
-            "is writable by group or others (mode {:o}): they could replace the job's script or output\nhint: chmod go-w it, or use a fresh directory",
-            st.perm()
+            "{problem}\nhint: the job's script and sealed output land there; use a directory of your own that only you can write (chmod go-w) for -s/--workdir"
         )));
     }
     Ok((st.perm() & 0o055 != 0).then(|| {
