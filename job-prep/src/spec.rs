@@ -353,13 +353,26 @@ impl FromStr for NodeCommand {
 
 display_inner!(NodeCommand);
 
-/// A validated env file: `NAME=value` pairs, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated env file: `NAME=value` pairs, in file order. The values may be secrets (tokens,
+/// passwords for the application), so `Debug` shows only the names.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EnvFile {
     /// Where it was read.
     pub source: PathBuf,
     /// The variables.
     pub vars: Vec<(String, String)>,
+}
+
+impl fmt::Debug for EnvFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvFile")
+            .field("source", &self.source)
+            .field(
+                "names",
+                &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl EnvFile {
@@ -887,6 +900,12 @@ pub(crate) mod tests {
         .collect();
         assert_eq!(env.vars, want);
         assert_eq!(env.render(), "A=1\nB=x=y\nD=\nE='$(not expanded)'\n");
+        // Values may be secrets: Debug names the variables only.
+        let debug = format!("{env:?}");
+        assert!(
+            debug.contains("\"E\"") && !debug.contains("not expanded"),
+            "{debug}"
+        );
     }
 
     #[rstest]
