@@ -2,12 +2,13 @@
 //!
 //! Images and data sets are many gigabytes, so everything here streams with constant memory.
 //! [`encrypt`] and [`decrypt`] process age's 64 KiB STREAM chunks on all cores with OpenSSL's
-//! ChaCha20-Poly1305, a bounded number of 1 MiB batches at a time, I/O on the calling thread and
-//! hashing on a thread of its own (the `parallel` submodule; the output is the standard age format);
-//! [`decrypt_reader`] is a pull-style reader on the same decryption pipeline. The
-//! SHA-256 and size recorded for an artefact (in Vault and in the info file) are those of the **ciphertext**, so
-//! anyone can check a file on shared storage without the key, and they are computed while the
-//! bytes pass through: encryption hashes what it writes, decryption hashes what it reads.
+//! ChaCha20-Poly1305, a bounded number of 1 MiB batches at a time, I/O on the calling thread
+//! and hashing on a thread of its own (the `parallel` submodule; the output is the standard age
+//! format); [`decrypt_reader`] is a pull-style reader on the same decryption pipeline. The
+//! SHA-256 and size recorded for an artefact (in Vault and in the info file) are those of the
+//! **ciphertext**, so anyone can check a file on shared storage without the key, and they are
+//! computed while the bytes pass through: encryption hashes what it writes, decryption hashes
+//! what it reads.
 //!
 //! # When decryption fails late
 //!
@@ -41,7 +42,8 @@ mod parallel;
 
 pub use parallel::{BATCH_CHUNKS, CHUNK_BYTES, DecryptReader};
 
-/// Size of read buffers and `BufWriter`s on both sides of the cipher.
+/// Size of the read buffer of [`summarize`] (the cipher pipeline reads in batches of
+/// [`BATCH_CHUNKS`] chunks instead).
 pub const STREAM_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Errors of encryption, decryption and verification.
