@@ -386,10 +386,11 @@ pub fn parse_sacct(job: &JobId, text: &str) -> Option<JobStatus> {
 /// [`SlurmError::MissingCommand`] if sbatch is not on the remote PATH, [`SlurmError::Sbatch`],
 /// [`SlurmError::BadJobId`], [`SlurmError::Ssh`].
 pub fn submit(ssh: &SshSession, script: &str) -> Result<JobId, SlurmError> {
-    if !ssh.has_command("sbatch")? {
+    let out = ssh.exec(&["sbatch", "--parsable", "--", script])?;
+    // 127: the remote shell did not find the command (as for scontrol and scancel below).
+    if out.status == 127 {
         return Err(SlurmError::MissingCommand { program: "sbatch" });
     }
-    let out = ssh.exec(&["sbatch", "--parsable", "--", script])?;
     if out.status != 0 {
         return Err(SlurmError::Sbatch {
             status: out.status,
