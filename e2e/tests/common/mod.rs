@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hpcs_client::ssh::shell_quote;
 use hpcs_test_support::{Stack, TestUser};
 
 /// In the dataset only: must never be found in plaintext on the cluster side.
@@ -596,11 +597,15 @@ impl World {
         for n in ["node1", "node2"] {
             let ini = node.join(format!("{n}.ini"));
             write_owned(&ini, self.node_ini(n, true).as_bytes(), 0, 0, 0o644);
+            let word = |p: &Path| {
+                let s = p.to_str().expect("a UTF-8 path");
+                shell_quote(s).unwrap_or_else(|e| panic!("quote {s:?}: {e}"))
+            };
             let wrapper = format!(
                 "#!/bin/sh\n# hpcs-node as it runs on {n} (its node.ini at the standard place)\n\
-                 HPCS_NODE_CONFIG='{}'\nexport HPCS_NODE_CONFIG\nexec '{}' \"$@\"\n",
-                ini.display(),
-                bin("hpcs-node").display()
+                 HPCS_NODE_CONFIG={}\nexport HPCS_NODE_CONFIG\nexec {} \"$@\"\n",
+                word(&ini),
+                word(&bin("hpcs-node"))
             );
             write_owned(&self.wrapper(n), wrapper.as_bytes(), 0, 0, 0o755);
         }
@@ -711,21 +716,45 @@ impl World {
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
         chmod(&rootfs.join("tmp"), 0o1777);
-        let script = format!(
-            "set -eu\ntar -C '{root}' --numeric-owner --owner=0 --group=0 -cf - . | \
-             docker -H '{host}' import -c 'ENTRYPOINT [\"/app/run\"]' - '{tag}' >/dev/null\n\
-             docker -H '{host}' save '{tag}' > '{out}'\n\
-             docker -H '{host}' rmi '{tag}' >/dev/null\n",
-            root = rootfs.display(),
-            host = self.stack.docker_host,
-            tag = self.image_tag,
-            out = self.image_archive.display(),
-        );
-        let out = Command::new("sh")
-            .args(["-c", &script])
+        // No shell: every path and name is one argv word, whatever it contains.
+        let docker = || {
+            let mut cmd = Command::new("docker");
+            cmd.args(["-H", &self.stack.docker_host]);
+            cmd
+        };
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run tar");
+        let import = docker()
+            .args([
+                "import",
+                "-c",
+                "ENTRYPOINT [\"/app/run\"]",
+                "-",
+                &self.image_tag,
+            ])
+            .stdin(tar.stdout.take().expect("tar's stdout"))
             .output()
-            .expect("run docker");
-        Run::of(&out).expect_code(0, "build the test image");
+            .expect("run docker import");
+        let tar_status = tar.wait().expect("wait for tar");
+        assert!(tar_status.success(), "tar of the test rootfs: {tar_status}");
+        Run::of(&import).expect_code(0, "docker import of the test image");
+        let save = docker()
+            .args(["save", "-o"])
+            .arg(&self.image_archive)
+            .arg(&self.image_tag)
+            .output()
+            .expect("run docker save");
+        Run::of(&save).expect_code(0, "docker save of the test image");
+        let rmi = docker()
+            .args(["rmi", &self.image_tag])
+            .output()
+            .expect("run docker rmi");
+        Run::of(&rmi).expect_code(0, "docker rmi of the test image");
         std::fs::remove_dir_all(&rootfs).unwrap();
         chown(&self.image_archive, self.alice.uid(), self.alice.gid());
         chmod(&self.image_archive, 0o600);
