@@ -95,18 +95,8 @@ async fn bench(mib: usize, runs: usize) {
         e2e::encrypt_artefact(&ns, "app", &name, Some(&image_id), &secret, &image_tar);
     let archive_bytes = image_tar.len();
     drop(image_tar);
-    ns.register_secret(&secret, rec).await;
-    e2e::register_entry(
-        &env,
-        &secret,
-        "node1",
-        &format!("uid:{}", env.get("HPCS_ALICE_UID")),
-    )
-    .await;
-    ns.chown_workdir(
-        env.get("HPCS_ALICE_UID").parse().unwrap(),
-        env.get("HPCS_ALICE_GID").parse().unwrap(),
-    );
+    ns.register_for_alice_on_node1(&env, &secret, rec).await;
+    ns.chown_workdir_to_alice(&env);
     let policy = ns.policy(
         "[defaults]\nrequire-job-cgroup = false\npids-limit = 128\n\
          [image:bench]\nnodes = node1\nname = hpcs-node-bench-*\n",

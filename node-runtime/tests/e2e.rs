@@ -47,14 +47,11 @@ async fn job(env: &common::Env) -> Job {
         e2e::encrypt_artefact(&ns, "app", &name, Some(&image_id), &img_secret, &image_tar);
     let (data_info, data_rec) =
         e2e::encrypt_artefact(&ns, "data", "input", None, &data_secret, &e2e::data_tar());
-    ns.register_secret(&img_secret, img_rec).await;
-    ns.register_secret(&data_secret, data_rec).await;
-    let alice = format!("uid:{}", env.get("HPCS_ALICE_UID"));
-    e2e::register_entry(env, &img_secret, "node1", &alice).await;
-    e2e::register_entry(env, &data_secret, "node1", &alice).await;
-    let uid: u32 = env.get("HPCS_ALICE_UID").parse().unwrap();
-    let gid: u32 = env.get("HPCS_ALICE_GID").parse().unwrap();
-    ns.chown_workdir(uid, gid);
+    ns.register_for_alice_on_node1(env, &img_secret, img_rec)
+        .await;
+    ns.register_for_alice_on_node1(env, &data_secret, data_rec)
+        .await;
+    ns.chown_workdir_to_alice(env);
     Job {
         ns,
         app_info,
@@ -334,10 +331,7 @@ async fn unauthorised_image_is_refused_before_any_key_fetch() {
         &format!("img-{}", ns.id),
         b"x",
     );
-    ns.chown_workdir(
-        env.get("HPCS_ALICE_UID").parse().unwrap(),
-        env.get("HPCS_ALICE_GID").parse().unwrap(),
-    );
+    ns.chown_workdir_to_alice(&env);
     let policy = ns.policy(POLICY);
     let daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
     let ini = ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
@@ -663,18 +657,8 @@ async fn measure_large_image_path() {
     let (app_info, rec) =
         e2e::encrypt_artefact(&ns, "app", &name, Some(&image_id), &secret, &image_tar);
     drop(image_tar);
-    ns.register_secret(&secret, rec).await;
-    e2e::register_entry(
-        &env,
-        &secret,
-        "node1",
-        &format!("uid:{}", env.get("HPCS_ALICE_UID")),
-    )
-    .await;
-    ns.chown_workdir(
-        env.get("HPCS_ALICE_UID").parse().unwrap(),
-        env.get("HPCS_ALICE_GID").parse().unwrap(),
-    );
+    ns.register_for_alice_on_node1(&env, &secret, rec).await;
+    ns.chown_workdir_to_alice(&env);
     let policy = ns.policy(POLICY);
     let daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
     let ini = ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);

@@ -85,6 +85,27 @@ impl Ns {
         chown_r(&self.workdir, uid, gid);
     }
 
+    /// Give the workdir to alice (`HPCS_ALICE_UID`:`HPCS_ALICE_GID`), the job user of the tests.
+    pub fn chown_workdir_to_alice(&self, env: &Env) {
+        self.chown_workdir(
+            env.get("HPCS_ALICE_UID").parse().unwrap(),
+            env.get("HPCS_ALICE_GID").parse().unwrap(),
+        );
+    }
+
+    /// [`Ns::register_secret`] plus a devspire entry for alice's uid on node1: the key is
+    /// readable by alice's jobs on node1 only.
+    pub async fn register_for_alice_on_node1(
+        &self,
+        env: &Env,
+        secret: &str,
+        record: serde_json::Value,
+    ) {
+        self.register_secret(secret, record).await;
+        let alice = format!("uid:{}", env.get("HPCS_ALICE_UID"));
+        register_entry(env, secret, "node1", &alice).await;
+    }
+
     /// Register a secret as the HPCS server would: KV record, read policy, jwt role bound to the
     /// reader SPIFFE ID.
     pub async fn register_secret(&self, secret: &str, record: serde_json::Value) {
