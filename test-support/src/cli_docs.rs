@@ -193,11 +193,13 @@ pub fn check_binary(bin: &Path, name: &str, doc: &Path) {
     );
 }
 
+/// Checks the command at `path` and its subcommands; `parent` is the parent command's help and
+/// the text of its section, where a flag the parent also lists (a global one) may be documented.
 fn check_command(
     bin: &Path,
     name: &str,
     path: &[String],
-    parent: Option<(&str, &Help)>,
+    parent: Option<(&Help, &str)>,
     doc: &str,
     problems: &mut Vec<String>,
 ) {
@@ -210,32 +212,23 @@ fn check_command(
         problems.push(format!("no section (heading) for `{command}`"));
         return;
     };
-    for flag in &help.long_flags {
-        let in_parent = parent.is_some_and(|(parent_command, parent_help)| {
-            parent_help.long_flags.contains(flag)
-                && section(doc, parent_command).is_some_and(|s| mentions(s, flag))
-        });
-        if !mentions(own, flag) && !in_parent {
-            problems.push(format!(
-                "`{command}`: {flag} is not documented in its section"
-            ));
-        }
-    }
-    for var in &help.env_vars {
-        let in_parent = parent.is_some_and(|(parent_command, parent_help)| {
-            parent_help.env_vars.contains(var)
-                && section(doc, parent_command).is_some_and(|s| mentions(s, var))
-        });
-        if !mentions(own, var) && !in_parent {
-            problems.push(format!(
-                "`{command}`: {var} is not documented in its section"
-            ));
+    let kinds: [fn(&Help) -> &BTreeSet<String>; 2] = [|h| &h.long_flags, |h| &h.env_vars];
+    for of in kinds {
+        for item in of(&help) {
+            let in_parent = parent.is_some_and(|(parent_help, parent_section)| {
+                of(parent_help).contains(item) && mentions(parent_section, item)
+            });
+            if !mentions(own, item) && !in_parent {
+                problems.push(format!(
+                    "`{command}`: {item} is not documented in its section"
+                ));
+            }
         }
     }
     for sub in &help.subcommands {
         let mut sub_path = path.to_vec();
         sub_path.push(sub.clone());
-        check_command(bin, name, &sub_path, Some((&command, &help)), doc, problems);
+        check_command(bin, name, &sub_path, Some((&help, own)), doc, problems);
     }
 }
 
