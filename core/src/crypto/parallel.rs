@@ -369,6 +369,50 @@ impl Batch {
     }
 }
 
+/// STREAM framing of batches as they are read, shared by both directions: counters, and the
+/// last-chunk flag, which a full batch only gets once the next read has shown whether more
+/// input follows.
+#[derive(Default)]
+struct Framer {
+    counter: u64,
+    /// A full batch whose last-chunk flag waits for the next read.
+    pending: Option<Batch>,
+}
+
+impl Framer {
+    /// Takes `batch`, just filled (`ended`: the input ended inside it), and hands every batch
+    /// whose last-chunk flag is now known to `dispatch`, in order. Returns true once the stream
+    /// is complete (nothing more is to be read).
+    fn push(&mut self, mut batch: Batch, ended: bool, mut dispatch: impl FnMut(Batch)) -> bool {
+        batch.first = self.counter;
+        batch.last = false;
+        // The previous (full) batch ends the stream exactly when nothing followed it.
+        if let Some(mut prev) = self.pending.take() {
+            prev.last = batch.chunks == 0;
+            dispatch(prev);
+        }
+        if batch.chunks == 0 {
+            if self.counter == 0 {
+                // No input at all: a single empty, final chunk (encryption writes it;
+                // decryption rejects it as truncated).
+                batch.chunks = 1;
+                batch.last = true;
+                dispatch(batch);
+            }
+            // Otherwise the empty buffer is dropped: nothing more is read.
+            return true;
+        }
+        self.counter += batch.chunks as u64;
+        if ended {
+            batch.last = true;
+            dispatch(batch);
+            return true;
+        }
+        self.pending = Some(batch);
+        false
+    }
+}
+
 /// A batch handed to the workers, with the channel its result goes back on.
 struct Job {
     batch: Batch,
@@ -502,8 +546,7 @@ pub(super) fn encrypt<R: Read, W: Write>(
             let _ = order_tx.send(done_rx);
         };
 
-        let mut counter = 0u64;
-        let mut pending: Option<Batch> = None;
+        let mut framer = Framer::default();
         loop {
             // Write whatever is ready, then find a buffer for the next read.
             while let Ok(result) = out_rx.try_recv() {
@@ -523,35 +566,14 @@ pub(super) fn encrypt<R: Read, W: Write>(
                     free.pop().expect("a batch was just written")
                 }
             };
-            batch.first = counter;
-            batch.last = false;
             let ended = batch.fill(&mut plaintext, CHUNK_BYTES).map_err(read_err)?;
-            // The previous (full) batch ends the stream exactly when nothing followed it.
-            if let Some(mut prev) = pending.take() {
-                prev.last = batch.chunks == 0;
-                dispatch(prev);
-                in_flight += 1;
-            }
-            if batch.chunks == 0 {
-                if counter == 0 {
-                    // Empty plaintext: a single empty, final chunk.
-                    batch.chunks = 1;
-                    batch.last = true;
-                    dispatch(batch);
-                    in_flight += 1;
-                } else {
-                    free.push(batch);
-                }
-                break;
-            }
-            counter += batch.chunks as u64;
-            if ended {
-                batch.last = true;
+            let complete = framer.push(batch, ended, |batch| {
                 dispatch(batch);
                 in_flight += 1;
+            });
+            if complete {
                 break;
             }
-            pending = Some(batch);
         }
         drop(order_tx);
         while in_flight > 0 {
@@ -624,14 +646,12 @@ pub(super) struct Opener<R> {
     input: io::Chain<io::Cursor<Vec<u8>>, R>,
     limit: Option<u64>,
     size: u64,
-    counter: u64,
+    framer: Framer,
     hash_tx: Option<Sender<Job>>,
     hasher: Option<JoinHandle<Sha256>>,
     results: VecDeque<Receiver<Result<Batch, ChunkError>>>,
     free: Vec<Batch>,
     allocated: usize,
-    /// A full batch whose last-chunk flag waits for the next read.
-    pending: Option<Batch>,
 }
 
 fn spawn<F: FnOnce() -> T + Send + 'static, T: Send + 'static>(
@@ -704,26 +724,13 @@ impl<R: Read> Opener<R> {
             input: io::Cursor::new(pre[header_len..].to_vec()).chain(ciphertext),
             limit,
             size: header_len as u64,
-            counter: 0,
+            framer: Framer::default(),
             hash_tx: Some(hash_tx),
             hasher: Some(hasher),
             results: VecDeque::new(),
             free: Vec::new(),
             allocated: 0,
-            pending: None,
         })
-    }
-
-    fn dispatch(&mut self, batch: Batch) {
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if let Some(tx) = &self.hash_tx {
-            // Fails only if the hasher is gone; `done_rx` then reports a lost worker.
-            let _ = tx.send(Job {
-                batch,
-                done: done_tx,
-            });
-        }
-        self.results.push_back(done_rx);
     }
 
     /// Whether another batch can be read now.
@@ -737,8 +744,6 @@ impl<R: Read> Opener<R> {
             self.allocated += 1;
             Batch::new()
         });
-        batch.first = self.counter;
-        batch.last = false;
         let ended = batch
             .fill(&mut self.input, CT_CHUNK_BYTES)
             .map_err(|source| CryptoError::ReadCiphertext {
@@ -754,30 +759,21 @@ impl<R: Read> Opener<R> {
                 plaintext_written: written,
             });
         }
-        // The previous (full) batch ends the stream exactly when nothing followed it.
-        if let Some(mut prev) = self.pending.take() {
-            prev.last = batch.chunks == 0;
-            self.dispatch(prev);
-        }
-        if batch.chunks == 0 {
-            if self.counter == 0 {
-                // No chunk at all: reported as a truncated (empty) final chunk.
-                batch.chunks = 1;
-                batch.last = true;
-                self.dispatch(batch);
-            } else {
-                self.free.push(batch);
+        let (hash_tx, results) = (&self.hash_tx, &mut self.results);
+        let complete = self.framer.push(batch, ended, |batch| {
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            if let Some(tx) = hash_tx {
+                // Fails only if the hasher is gone; `done_rx` then reports a lost worker.
+                let _ = tx.send(Job {
+                    batch,
+                    done: done_tx,
+                });
             }
+            results.push_back(done_rx);
+        });
+        if complete {
+            // Closes the hasher's queue, then the workers'.
             self.hash_tx = None;
-            return Ok(());
-        }
-        self.counter += batch.chunks as u64;
-        if ended {
-            batch.last = true;
-            self.dispatch(batch);
-            self.hash_tx = None;
-        } else {
-            self.pending = Some(batch);
         }
         Ok(())
     }
