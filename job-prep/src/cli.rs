@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use hpcs_core::ids::UserName;
 
 use crate::slurm::JobId;
+use crate::spec::WorkDir;
 
 /// Submit an HPCS job to Slurm over SSH, follow it, and fetch its encrypted output.
 ///
@@ -102,7 +103,7 @@ pub enum Command {
         job: JobId,
         /// The job's work directory (default: the one Slurm reports).
         #[arg(short = 's', long, value_name = "REMOTE_DIR")]
-        workdir: Option<String>,
+        workdir: Option<WorkDir>,
     },
     /// Download a job's encrypted output, verify it, decrypt it with your identity and unpack
     /// it safely into DIR/<JOBID>.
@@ -114,7 +115,7 @@ pub enum Command {
         to: PathBuf,
         /// The job's work directory (default: the one Slurm reports).
         #[arg(short = 's', long, value_name = "REMOTE_DIR")]
-        workdir: Option<String>,
+        workdir: Option<WorkDir>,
     },
 }
 

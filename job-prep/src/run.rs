@@ -77,10 +77,8 @@ pub fn run(cli: &Cli) -> Result<u8, Failure> {
         None => ctx.submit(&cli.submit),
         Some(Command::Status { job }) => ctx.status(job),
         Some(Command::Cancel { job }) => ctx.cancel(job),
-        Some(Command::Follow { job, workdir }) => ctx.follow_cmd(job, workdir.as_deref()),
-        Some(Command::FetchOutput { job, to, workdir }) => {
-            ctx.fetch_cmd(job, to, workdir.as_deref())
-        }
+        Some(Command::Follow { job, workdir }) => ctx.follow_cmd(job, workdir.as_ref()),
+        Some(Command::FetchOutput { job, to, workdir }) => ctx.fetch_cmd(job, to, workdir.as_ref()),
     }
 }
 
@@ -292,10 +290,10 @@ impl Ctx<'_> {
         &self,
         ssh: &SshSession,
         job: &JobId,
-        flag: Option<&str>,
+        flag: Option<&WorkDir>,
     ) -> Result<WorkDir, Failure> {
         if let Some(w) = flag {
-            return w.parse().map_err(usage);
+            return Ok(w.clone());
         }
         let st = slurm::status(ssh, job).map_err(fail)?;
         let w = st.work_dir.ok_or_else(|| {
@@ -308,23 +306,20 @@ impl Ctx<'_> {
             .map_err(fail)
     }
 
-    fn follow_cmd(&self, job: &JobId, workdir: Option<&str>) -> Result<u8, Failure> {
+    fn follow_cmd(&self, job: &JobId, workdir: Option<&WorkDir>) -> Result<u8, Failure> {
         let ssh = self.connect()?;
         let (out, err) = match workdir {
-            Some(w) => {
-                let w: WorkDir = w.parse().map_err(usage)?;
-                (
-                    Some(spec::stdout_path(&w, job.as_str())),
-                    Some(spec::stderr_path(&w, job.as_str())),
-                )
-            }
+            Some(w) => (
+                Some(spec::stdout_path(w, job.as_str())),
+                Some(spec::stderr_path(w, job.as_str())),
+            ),
             None => (None, None),
         };
         let status = self.follow(&ssh, job, out, err)?;
         Ok(status.process_exit_code())
     }
 
-    fn fetch_cmd(&self, job: &JobId, to: &Path, workdir: Option<&str>) -> Result<u8, Failure> {
+    fn fetch_cmd(&self, job: &JobId, to: &Path, workdir: Option<&WorkDir>) -> Result<u8, Failure> {
         let identity = self.identity()?;
         let ssh = self.connect()?;
         let workdir = self.workdir_of(&ssh, job, workdir)?;
