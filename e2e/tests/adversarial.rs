@@ -162,23 +162,9 @@ fn hostile_names_and_paths_are_refused_before_anything_is_registered() {
     let canary = w.dir.join("pwned");
     let c = canary.display().to_string();
     let at_rest = w.alice.at_rest.display().to_string();
-    let input = w.alice.laptop.join("input").display().to_string();
+    let input = w.alice.laptop.join("input");
     let base = |name: &str, user: &str, nodes: &str, dest: &str| -> Vec<String> {
-        [
-            "-i",
-            input.as_str(),
-            "--name",
-            name,
-            "-u",
-            user,
-            "-c",
-            nodes,
-            "--data-path-at-rest",
-            dest,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        common::prep_args("-i", &input, name, user, nodes, Path::new(dest))
     };
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("name ../", base("../evil", "alice", "node1", &at_rest)),
@@ -216,8 +202,7 @@ fn hostile_names_and_paths_are_refused_before_anything_is_registered() {
         ),
     ];
     for (what, args) in &cases {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = w.client(&w.alice, "data-prep", &argv);
+        let run = w.client_with(&w.alice, "data-prep", args, &w.alice.config);
         run.expect_code(2, what);
         assert!(
             run.stderr.contains("invalid value") || run.stderr.contains("error"),
@@ -226,30 +211,21 @@ fn hostile_names_and_paths_are_refused_before_anything_is_registered() {
         );
     }
     // container-prep validates the same way.
-    let archive = w.image_archive.display().to_string();
-    let run = w.client(
-        &w.alice,
-        "container-prep",
-        &[
-            "--image-archive",
-            &archive,
-            "--name",
-            &format!("$(touch {c})"),
-            "-u",
-            "alice",
-            "-c",
-            "node1",
-            "--data-path-at-rest",
-            &at_rest,
-        ],
+    let args = common::prep_args(
+        "--image-archive",
+        &w.image_archive,
+        &format!("$(touch {c})"),
+        "alice",
+        "node1",
+        &w.alice.at_rest,
     );
+    let run = w.client_with(&w.alice, "container-prep", &args, &w.alice.config);
     run.expect_code(2, "container-prep with a hostile name");
 
     // A destination with spaces and quotes is a legal path: it must be used exactly as given.
     let odd = format!("{at_rest}/it's a \"dir\" $(touch {c}) `touch {c}`");
     let args = base("odd", "alice", "node1", &odd);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = w.client(&w.alice, "data-prep", &argv);
+    let run = w.client_with(&w.alice, "data-prep", &args, &w.alice.config);
     eprintln!("data-prep to a destination with quotes: {run:?}");
     if run.code == Some(0) {
         assert!(
@@ -554,21 +530,10 @@ fn vault_stopped_during_preparation_leaves_nothing_registered_or_reports_it() {
         &format!("http://127.0.0.1:{}", proxy.port),
         w.stack.ssh_port,
     );
-    let input = w.alice.laptop.join("input").display().to_string();
-    let at_rest = w.alice.at_rest.display().to_string();
-    let args = [
-        "-i",
-        input.as_str(),
-        "--name",
-        "vault-stops",
-        "-u",
-        "alice",
-        "-c",
-        "node1",
-        "--data-path-at-rest",
-        at_rest.as_str(),
-    ];
-    let run = w.client_cmd(&w.alice, "data-prep", &args, &config);
+    let input = w.alice.laptop.join("input");
+    let at_rest = &w.alice.at_rest;
+    let args = common::prep_args("-i", &input, "vault-stops", "alice", "node1", at_rest);
+    let run = w.client_with(&w.alice, "data-prep", &args, &config);
     eprintln!("data-prep with Vault stopping: {run:?}");
     assert_eq!(
         killed.load(Ordering::SeqCst),
@@ -616,19 +581,8 @@ fn vault_stopped_during_preparation_leaves_nothing_registered_or_reports_it() {
     // Vault already down before the preparation starts: the server refuses to register.
     let config = w.alice.laptop.join("client-vault-down.ini");
     w.write_client_config_to(&w.alice, &config, &server_url, &addr, w.stack.ssh_port);
-    let args = [
-        "-i",
-        input.as_str(),
-        "--name",
-        "vault-down",
-        "-u",
-        "alice",
-        "-c",
-        "node1",
-        "--data-path-at-rest",
-        at_rest.as_str(),
-    ];
-    let run = w.client_cmd(&w.alice, "data-prep", &args, &config);
+    let args = common::prep_args("-i", &input, "vault-down", "alice", "node1", at_rest);
+    let run = w.client_with(&w.alice, "data-prep", &args, &config);
     eprintln!("data-prep with Vault down: {run:?}");
     run.expect_code(1, "data-prep with Vault down");
     let created_after = w
@@ -653,25 +607,15 @@ fn ssh_connection_dropped_mid_upload_revokes_the_registration() {
     );
     let config = w.alice.laptop.join("client-ssh-drops.ini");
     w.write_client_config_to(&w.alice, &config, &w.server_url, &w.bao_addr, proxy.port);
-    let archive = w.image_archive.display().to_string();
-    let at_rest = w.alice.at_rest.display().to_string();
-    let run: Run = w.client_cmd(
-        &w.alice,
-        "container-prep",
-        &[
-            "--image-archive",
-            &archive,
-            "--name",
-            &w.app_name,
-            "-u",
-            "alice",
-            "-c",
-            "node1",
-            "--data-path-at-rest",
-            &at_rest,
-        ],
-        &config,
+    let args = common::prep_args(
+        "--image-archive",
+        &w.image_archive,
+        &w.app_name,
+        "alice",
+        "node1",
+        &w.alice.at_rest,
     );
+    let run: Run = w.client_with(&w.alice, "container-prep", &args, &config);
     eprintln!("container-prep with the SSH connection cut: {run:?}");
     run.expect_code(1, "container-prep with the SSH connection dropped");
     assert!(

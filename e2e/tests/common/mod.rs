@@ -772,46 +772,56 @@ impl World {
         Run::of(&cmd.output().unwrap_or_else(|e| panic!("run {tool}: {e}")))
     }
 
-    /// container-prep of this world's image for alice on `nodes`.
+    /// Runs a workspace binary as `home`'s user with `--config <config>` and owned arguments.
+    pub fn client_with(&self, home: &Home, tool: &str, args: &[String], config: &Path) -> Run {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.client_cmd(home, tool, &argv, config)
+    }
+
+    /// container-prep of this world's image for `home`'s user on `nodes`.
     pub fn container_prep(&self, home: &Home, name: &str, nodes: &str) -> Run {
-        self.client(
+        self.prep_json(
             home,
             "container-prep",
-            &[
-                "--image-archive",
-                &self.image_archive.display().to_string(),
-                "--name",
-                name,
-                "-u",
-                home.user.name,
-                "-c",
-                nodes,
-                "--data-path-at-rest",
-                &home.at_rest.display().to_string(),
-                "--json",
-            ],
+            "--image-archive",
+            &self.image_archive,
+            name,
+            nodes,
         )
     }
 
     /// data-prep of `home`'s input directory for its user on `nodes`.
     pub fn data_prep(&self, home: &Home, name: &str, nodes: &str) -> Run {
-        self.client(
+        self.prep_json(
             home,
             "data-prep",
-            &[
-                "-i",
-                &home.laptop.join("input").display().to_string(),
-                "--name",
-                name,
-                "-u",
-                home.user.name,
-                "-c",
-                nodes,
-                "--data-path-at-rest",
-                &home.at_rest.display().to_string(),
-                "--json",
-            ],
+            "-i",
+            &home.laptop.join("input"),
+            name,
+            nodes,
         )
+    }
+
+    /// `tool` as `home`'s user, shipping to its data at rest, with the `--json` report.
+    fn prep_json(
+        &self,
+        home: &Home,
+        tool: &str,
+        input_flag: &str,
+        input: &Path,
+        name: &str,
+        nodes: &str,
+    ) -> Run {
+        let mut args = prep_args(
+            input_flag,
+            input,
+            name,
+            home.user.name,
+            nodes,
+            &home.at_rest,
+        );
+        args.push("--json".into());
+        self.client_with(home, tool, &args, &home.config)
     }
 
     /// Image and dataset of `home`'s user, readable on node1: the usual preparation.
@@ -1357,6 +1367,30 @@ impl<'a> JobSpec<'a> {
             follow: true,
         }
     }
+}
+
+/// The arguments of a preparation: `<input_flag> <input> --name <name> -u <user> -c <nodes>
+/// --data-path-at-rest <at_rest>` (`--image-archive` for container-prep, `-i` for data-prep).
+pub fn prep_args(
+    input_flag: &str,
+    input: &Path,
+    name: &str,
+    user: &str,
+    nodes: &str,
+    at_rest: &Path,
+) -> Vec<String> {
+    vec![
+        input_flag.to_owned(),
+        input.display().to_string(),
+        "--name".to_owned(),
+        name.to_owned(),
+        "-u".to_owned(),
+        user.to_owned(),
+        "-c".to_owned(),
+        nodes.to_owned(),
+        "--data-path-at-rest".to_owned(),
+        at_rest.display().to_string(),
+    ]
 }
 
 /// Rewrites `key: value` lines of an info file (as someone with write access to shared storage
