@@ -476,25 +476,10 @@ impl SshSession {
     ///
     /// [`SshError::Channel`], [`SshError::Io`].
     pub fn download<W: Write>(&self, remote: &str, mut writer: W) -> Result<u64, SshError> {
-        let sftp = self.sftp()?;
-        let mut file = sftp
-            .open(Path::new(remote))
-            .map_err(chan(format!("open {remote}")))?;
-        // Not `std::io::copy`: its 8 KiB buffer would leave libssh2 32 KiB of read-ahead.
-        let mut buf = vec![0u8; SFTP_IO_SIZE];
-        let mut total = 0u64;
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => return Ok(total),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(format!("download {remote}"))(e)),
-            };
-            writer
-                .write_all(&buf[..n])
-                .map_err(io_err(format!("download {remote}")))?;
-            total += n as u64;
-        }
+        let mut file = self.open_read(remote)?;
+        // `io::copy` reads through the `BufReader`'s own buffer: libssh2 gets `SFTP_IO_SIZE`
+        // reads (a plain `io::copy` would hand it 8 KiB and leave it 32 KiB of read-ahead).
+        std::io::copy(&mut file.file, &mut writer).map_err(io_err(format!("download {remote}")))
     }
 
     /// Opens `remote` for streaming reads.
