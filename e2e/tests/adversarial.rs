@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::str::FromStr as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -126,7 +124,10 @@ fn a_tampered_ciphertext_is_refused() {
 
     // 2. With the info file rewritten to match (shared storage is writable by the attacker):
     // job-prep's check passes, and hpcs-node refuses against the key record in Vault.
-    let sha = common::sha256_file(&data.ciphertext);
+    let sha = hpcs_core::crypto::summarize(ct.as_slice())
+        .unwrap()
+        .sha256
+        .to_string();
     common::edit_info(&data.info, &[("sha256", sha.clone()), ("checksum", sha)]);
     let job = w.submit(
         &w.alice,
@@ -331,13 +332,14 @@ fn malicious_data_archives_are_refused_before_the_app_runs() {
     let (status, record) = w.vault_get(&data.secret_path);
     assert_eq!(status, 200, "key record {}: {record}", data.secret_path);
     let mut fields = record["data"]["data"].clone();
-    let identity = age::x25519::Identity::from_str(
+    let identity = hpcs_core::secret::AgeIdentity::parse(
         fields["age_identity"]
             .as_str()
             .or_else(|| fields["key"].as_str())
             .expect("an age identity in the key record"),
     )
     .expect("a valid age identity");
+    let recipients = [identity.to_public()];
     let escape = w.dir.join("escape");
     std::fs::create_dir(&escape).unwrap();
     std::fs::set_permissions(&escape, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -380,22 +382,17 @@ fn malicious_data_archives_are_refused_before_the_app_runs() {
             raw_entry(&mut b, name, *kind, link.as_deref(), body);
         }
         let tar = b.into_inner().unwrap();
-        let recipient = identity.to_public();
-        let enc =
-            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                .unwrap();
-        let mut ct = Vec::new();
-        let mut wr = enc.wrap_output(&mut ct).unwrap();
-        wr.write_all(&tar).unwrap();
-        wr.finish().unwrap();
-        std::fs::write(&data.ciphertext, &ct).unwrap();
-        let sha = common::sha256_file(&data.ciphertext);
+        // Encrypted with the project's own age encryptor, straight into the shipped file; its
+        // summary is the digest and size of what was written.
+        let ct = std::fs::File::create(&data.ciphertext).unwrap();
+        let summary = hpcs_core::crypto::encrypt(tar.as_slice(), ct, &recipients).unwrap();
+        let sha = summary.sha256.to_string();
         common::edit_info(
             &data.info,
             &[
                 ("sha256", sha.clone()),
                 ("checksum", sha.clone()),
-                ("size", ct.len().to_string()),
+                ("size", summary.size.to_string()),
             ],
         );
         // The owner registered exactly this ciphertext: the record matches it.
@@ -403,7 +400,7 @@ fn malicious_data_archives_are_refused_before_the_app_runs() {
         if fields.get("checksum").is_some() {
             fields["checksum"] = sha.into();
         }
-        fields["size"] = serde_json::json!(ct.len());
+        fields["size"] = serde_json::json!(summary.size);
         let (status, body) = w.vault_req(
             reqwest::Method::POST,
             &data.secret_path,

@@ -1423,12 +1423,6 @@ pub fn info_field(path: &Path, key: &str) -> String {
         .unwrap_or_else(|| panic!("{} has no {key}", path.display()))
 }
 
-/// sha256 (hex) of a file.
-pub fn sha256_file(path: &Path) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
 /// A TCP proxy to `upstream` on a free loopback port. Each connection is cut (both directions
 /// shut down) once `cut_after` bytes went from the client to the upstream; `on_connect` runs
 /// when a client connects (before anything is forwarded) and may refuse the connection by
