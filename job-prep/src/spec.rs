@@ -321,32 +321,16 @@ impl fmt::Display for WorkDir {
     }
 }
 
-/// The `hpcs-node` program on the compute nodes: an absolute path or a command name of
-/// `[A-Za-z0-9_./+-]` without `.` or `..` components.
+/// The `hpcs-node` program on the compute nodes, by the rule of
+/// [`hpcs_core::config::check_remote_command`] (the same as `[supercomputer] hpcs-node`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeCommand(String);
 
 impl FromStr for NodeCommand {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        const RULE: &str =
-            "an absolute path or a command name of [A-Za-z0-9_./+-], without . or .. components";
-        let charset = s.chars().all(|c| plain_char(c) || matches!(c, '/' | '+'));
-        let shape = s.starts_with('/') || !s.contains('/');
-        let components = s
-            .split('/')
-            .skip(1)
-            .all(|c| !c.is_empty() && c != "." && c != "..");
-        if s.is_empty()
-            || s.len() > 4096
-            || !charset
-            || !shape
-            || !components
-            || s == "."
-            || s == ".."
-        {
-            return Err(invalid("hpcs-node command", s, RULE));
-        }
+        hpcs_core::config::check_remote_command(s)
+            .map_err(|rule| invalid("hpcs-node command", s, rule))?;
         Ok(Self(s.to_owned()))
     }
 }
