@@ -409,12 +409,8 @@ impl World {
     /// Sets up the deployment; panics (naming `scripts/test-stack up`) without the stack.
     pub fn new() -> Self {
         let stack = Stack::load();
-        let id = hpcs_test_support::ns("e")
-            .rsplit('-')
-            .next()
-            .unwrap()
-            .to_owned();
-        let id = format!("{}{id}", std::process::id());
+        // ns's `e-<pid>-<counter>-<random>` without the separators: short, unique per call.
+        let id = hpcs_test_support::ns("e")["e-".len()..].replace('-', "");
         let dir = PathBuf::from(format!("/tmp/hpcs-e2e-{id}"));
         mkdir_owned(&dir, 0, 0, 0o755);
         for sub in ["server", "node", "bin", "run", "logs"] {
@@ -1041,16 +1037,10 @@ impl World {
 
     /// Secret ids the server's audit log mentions.
     pub fn audited_secret_ids(&self, server_dir: &str) -> Vec<String> {
-        let text = std::fs::read_to_string(self.dir.join(server_dir).join("audit.jsonl"))
-            .unwrap_or_default();
-        let mut ids: Vec<String> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                v.get("secret_id")
-                    .and_then(|s| s.as_str())
-                    .map(str::to_owned)
-            })
+        let mut ids: Vec<String> = self
+            .audit(server_dir)
+            .iter()
+            .filter_map(|v| v["secret_id"].as_str().map(str::to_owned))
             .collect();
         ids.sort();
         ids.dedup();
@@ -1124,16 +1114,22 @@ impl World {
         })
     }
 
-    /// Secret `id` is fully registered: its registry and key records, its reader role and read
-    /// policy, its SPIRE entry (the positive control of [`World::assert_not_registered`]).
-    pub fn assert_registered(&self, id: &str) {
+    /// Vault paths of a registered secret `id`: its registry record, key record, reader role
+    /// and read policy.
+    fn secret_paths(&self, id: &str) -> [String; 4] {
         let kv = &self.kv_mount;
-        for path in [
+        [
             format!("{kv}/data/_registry/secrets/{id}"),
             format!("{kv}/metadata/{id}"),
             format!("auth/{}/role/hpcs-secret-{id}", self.auth_mount),
             format!("sys/policies/acl/hpcs-secret-{id}-read"),
-        ] {
+        ]
+    }
+
+    /// Secret `id` is fully registered: its registry and key records, its reader role and read
+    /// policy, its SPIRE entry (the positive control of [`World::assert_not_registered`]).
+    pub fn assert_registered(&self, id: &str) {
+        for path in self.secret_paths(id) {
             let (status, body) = self.vault_get(&path);
             assert_eq!(status, 200, "{path} of a registered secret: {body}");
         }
@@ -1143,14 +1139,8 @@ impl World {
     /// Nothing of secret `id` remains: no registry record, no key record, no reader role, no
     /// read or write policy, no SPIRE entry.
     pub fn assert_not_registered(&self, id: &str) {
-        let kv = &self.kv_mount;
-        for path in [
-            format!("{kv}/data/_registry/secrets/{id}"),
-            format!("{kv}/metadata/{id}"),
-            format!("auth/{}/role/hpcs-secret-{id}", self.auth_mount),
-            format!("sys/policies/acl/hpcs-secret-{id}-read"),
-            format!("sys/policies/acl/hpcs-secret-{id}-write"),
-        ] {
+        let write_policy = format!("sys/policies/acl/hpcs-secret-{id}-write");
+        for path in self.secret_paths(id).into_iter().chain([write_policy]) {
             let (status, body) = self.vault_get(&path);
             assert_eq!(status, 404, "{path} still exists after revocation: {body}");
         }
