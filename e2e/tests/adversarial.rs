@@ -464,41 +464,29 @@ fn sigterm_during_the_run_kills_the_app_and_leaves_nothing_behind() {
     assert!(!sealed.exists(), "an output was sealed after SIGTERM");
 }
 
-/// A private OpenBao dev server; killed when dropped.
-fn private_bao(w: &World) -> (common::Proc, String, String, i32) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let token = format!("e2e-root-{}", w.id);
+/// A private OpenBao dev server (address, root token); killed when dropped.
+fn private_bao(w: &World) -> (common::Proc, String, String) {
+    let port = common::free_port();
+    let token = format!("e2e-root-{}", hpcs_test_support::ns("bao"));
     let addr = format!("http://127.0.0.1:{port}");
     let mut cmd = std::process::Command::new(&w.stack.bao_bin);
+    // The root token through the environment: argv is readable by every local user.
     cmd.args(["server", "-dev"])
         .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-        .arg(format!("-dev-root-token-id={token}"));
+        .env("BAO_DEV_ROOT_TOKEN_ID", &token);
     let mut p = common::Proc::spawn("bao", cmd, w.dir.join("logs/bao.log"));
     let health = format!("{addr}/v1/sys/health");
-    p.wait_until("ready", || {
-        std::process::Command::new("curl")
-            .args(["-fsS", "-o", "/dev/null", &health])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let pid = p.pid();
-    (p, addr, token, pid)
+    p.wait_until("ready", || w.http_ok(&health));
+    (p, addr, token)
 }
 
 #[test]
 fn vault_stopped_during_preparation_leaves_nothing_registered_or_reports_it() {
     let w = World::new();
-    let (mut bao, addr, token, pid) = private_bao(&w);
+    let (mut bao, addr, token) = private_bao(&w);
+    let pid = bao.pid();
     w.vault_setup(&addr, &token);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let _server = w.start_server(&addr, port, "server-private");
     let server_url = format!("http://127.0.0.1:{port}");
 

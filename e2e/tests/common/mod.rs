@@ -127,7 +127,8 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -545,12 +546,15 @@ impl World {
             self.dir.join(format!("logs/{name}.log")),
         );
         let url = format!("http://127.0.0.1:{port}/readyz");
-        p.wait_until("ready", || {
-            self.rt
-                .block_on(reqwest::get(&url))
-                .is_ok_and(|r| r.status().is_success())
-        });
+        p.wait_until("ready", || self.http_ok(&url));
         p
+    }
+
+    /// Whether a GET of `url` answers with a success status (readiness probes).
+    pub fn http_ok(&self, url: &str) -> bool {
+        self.rt
+            .block_on(reqwest::get(url))
+            .is_ok_and(|r| r.status().is_success())
     }
 
     fn node_ini(&self, node: &str, broker: bool) -> String {
