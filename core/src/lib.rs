@@ -12,6 +12,7 @@ pub mod api;
 pub mod archive;
 pub mod config;
 pub mod crypto;
+pub mod envfile;
 pub mod ids;
 pub mod info;
 pub mod secret;

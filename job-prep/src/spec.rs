@@ -12,7 +12,6 @@
 //! someone else could have edited.
 
 use std::fmt;
-use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,8 +19,7 @@ use std::str::FromStr;
 use hpcs_core::ids::RemotePath;
 use hpcs_core::secret::AgeRecipient;
 
-/// Largest env file accepted (the node runtime's limit is the same order).
-pub const ENV_FILE_MAX_BYTES: u64 = 64 * 1024;
+pub use hpcs_core::envfile::ENV_FILE_MAX_BYTES;
 /// Largest hook file uploaded.
 pub const HOOK_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Default `hpcs-node` command when neither the flag nor `[supercomputer] hpcs-node` is set.
@@ -60,16 +58,9 @@ pub enum SpecError {
         #[source]
         source: std::io::Error,
     },
-    /// The env file is malformed.
-    #[error("env file {path}:{line}: {reason}")]
-    EnvFile {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number (0 for the whole file).
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
+    /// The env file is unreadable or malformed.
+    #[error(transparent)]
+    EnvFile(#[from] hpcs_core::envfile::EnvFileError),
     /// A hook directory holds something that cannot be a hook.
     #[error("hook {path}: {reason}")]
     Hook {
@@ -360,35 +351,17 @@ impl fmt::Debug for EnvFile {
 }
 
 impl EnvFile {
-    /// Reads and checks a local env file: `NAME=value` lines (an optional `export ` prefix is
-    /// dropped), `#` comments and blank lines; names `[A-Za-z_][A-Za-z0-9_]*`; UTF-8 without
-    /// NUL or other control characters than tab; at most [`ENV_FILE_MAX_BYTES`].
+    /// Reads and checks a local env file by the rules of [`hpcs_core::envfile`] (the node
+    /// runtime reads the uploaded copy by the same rules).
     ///
     /// # Errors
     ///
-    /// [`SpecError::Read`] or [`SpecError::EnvFile`] naming the line.
+    /// [`SpecError::EnvFile`] naming the file and line.
     pub fn read(path: &Path) -> Result<Self, SpecError> {
-        let read_err = |source| SpecError::Read {
-            what: "env file",
-            path: path.to_owned(),
-            source,
-        };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .map_err(read_err)?
-            .take(ENV_FILE_MAX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
-        let whole = |reason: String| SpecError::EnvFile {
-            path: path.to_owned(),
-            line: 0,
-            reason,
-        };
-        if bytes.len() as u64 > ENV_FILE_MAX_BYTES {
-            return Err(whole(format!("larger than {ENV_FILE_MAX_BYTES} bytes")));
-        }
-        let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8 text".into()))?;
-        Self::parse(&text, path)
+        Ok(Self {
+            source: path.to_owned(),
+            vars: hpcs_core::envfile::read(path)?,
+        })
     }
 
     /// Parses env file text; `path` names it in errors.
@@ -397,39 +370,9 @@ impl EnvFile {
     ///
     /// [`SpecError::EnvFile`] naming the line.
     pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
-        let mut vars = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let bad = |reason: String| SpecError::EnvFile {
-                path: path.to_owned(),
-                line: i + 1,
-                reason,
-            };
-            if let Some(c) = raw
-                .chars()
-                .find(|c| c.is_control() && *c != '\t' && *c != '\r')
-            {
-                return Err(bad(format!("control character {c:?}")));
-            }
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((name, value)) = line.split_once('=') else {
-                return Err(bad("expected NAME=value".into()));
-            };
-            let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid_name {
-                return Err(bad(format!(
-                    "invalid variable name {name:?}: expected [A-Za-z_][A-Za-z0-9_]*"
-                )));
-            }
-            vars.push((name.to_owned(), value.to_owned()));
-        }
         Ok(Self {
             source: path.to_owned(),
-            vars,
+            vars: hpcs_core::envfile::parse(text, path)?,
         })
     }
 
@@ -893,10 +836,10 @@ pub(crate) mod tests {
     }
 
     #[rstest]
-    #[case("1A=x\n", "env file job.env:1: invalid variable name \"1A\"")]
+    #[case("1A=x\n", "env file job.env, line 1: invalid variable name \"1A\"")]
     #[case("A B=x\n", "invalid variable name \"A B\"")]
     #[case("A =x\n", "invalid variable name \"A \"")]
-    #[case("ok=1\nnovalue\n", "env file job.env:2: expected NAME=value")]
+    #[case("ok=1\nnovalue\n", "env file job.env, line 2: expected NAME=value")]
     #[case("A=\u{1b}[31m\n", "control character")]
     #[case("A=x\0y\n", "control character")]
     fn bad_env_files(#[case] text: &str, #[case] msg: &str) {

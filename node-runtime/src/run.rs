@@ -37,8 +37,6 @@ use crate::session::{
 
 /// Largest info file read.
 pub const MAX_INFO_BYTES: u64 = 64 * 1024;
-/// Largest env file read.
-pub const MAX_ENV_FILE_BYTES: u64 = 256 * 1024;
 /// Exit code after SIGTERM/SIGINT (128 + SIGTERM).
 pub const EXIT_CANCELLED: u8 = 143;
 
@@ -58,13 +56,8 @@ pub enum RunError {
     #[error(transparent)]
     InfoFile(#[from] hpcs_core::info::InfoError),
     /// The env file is unreadable or malformed.
-    #[error("invalid env file {path}: {message}")]
-    EnvFile {
-        /// Path.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    #[error(transparent)]
+    EnvFile(#[from] hpcs_core::envfile::EnvFileError),
     /// The privileged side refused or failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
@@ -342,43 +335,15 @@ pub fn read_info(
     })
 }
 
-/// Parse an env file: `NAME=value` lines, `#` comments, blank lines.
+/// Reads an env file (the uploaded copy on shared storage: untrusted) by the rules of
+/// [`hpcs_core::envfile`], as the `NAME=value` strings the engine takes.
 ///
 /// # Errors
 ///
-/// [`RunError::EnvFile`] naming the line.
+/// [`RunError::EnvFile`] naming the file and line.
 pub fn read_env_file(path: &Path) -> Result<Vec<String>, RunError> {
-    use std::io::Read as _;
-    let bad = |message: String| RunError::EnvFile {
-        path: path.to_owned(),
-        message,
-    };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_ENV_FILE_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| bad(e.to_string()))?;
-    if text.len() as u64 > MAX_ENV_FILE_BYTES {
-        return Err(bad("too large".into()));
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(bad(format!("line {}: expected NAME=value", i + 1)));
-        };
-        if k.is_empty()
-            || k.starts_with(|c: char| c.is_ascii_digit())
-            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(bad(format!("line {}: invalid variable name {k:?}", i + 1)));
-        }
-        out.push(format!("{k}={v}"));
-    }
-    Ok(out)
+    let vars = hpcs_core::envfile::read(path)?;
+    Ok(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
 /// The `SLURM_*` variables of this process, passed into the container.
