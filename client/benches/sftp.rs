@@ -255,24 +255,19 @@ fn parse_sizes(text: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Incompressible bytes (xorshift), so no layer compresses them away.
+/// Incompressible bytes, so no layer compresses them away.
 fn write_random(path: &Path, size: u64) {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path).unwrap());
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size;
+    let mut f = File::create(path).unwrap();
+    let mut filler = hpcs_test_support::Incompressible::new(size);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
-        for c in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
         let n = usize::try_from(left.min(buf.len() as u64)).unwrap();
+        filler.fill(&mut buf[..n]);
         f.write_all(&buf[..n]).unwrap();
         left -= n as u64;
     }
-    f.into_inner().unwrap().sync_all().unwrap();
+    f.sync_all().unwrap();
 }
 
 fn remote_size(target: &SshTarget, remote: &str) -> u64 {

@@ -78,7 +78,7 @@ async fn bench(mib: usize, runs: usize) {
 
     // The image: busybox plus an incompressible layer.
     let t = Instant::now();
-    let filler = common::incompressible(mib << 20, mib as u64);
+    let filler = hpcs_test_support::incompressible(mib << 20, mib as u64);
     let name = format!("hpcs-node-bench-{}", ns.id);
     let (image_tar, image_id) = common::unique_image_archive(
         &engine,

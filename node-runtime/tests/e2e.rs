@@ -643,7 +643,7 @@ async fn measure_large_image_path() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     // Incompressible filler, so nothing along the way can shortcut it.
-    let filler = common::incompressible(mib << 20, 0);
+    let filler = hpcs_test_support::incompressible(mib << 20, 0);
     let name = format!("hpcs-node-e2e-{}", ns.id);
     let (image_tar, image_id) = common::unique_image_archive(
         &engine,

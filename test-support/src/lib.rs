@@ -330,18 +330,22 @@ pub fn run_as(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command 
 /// Words a shell would split, expand or execute if they were not quoted all the way, for tests
 /// that pass user strings through scripts and SSH; each `@` stands for a canary path that must
 /// never be created ([`hostile_words`] substitutes it).
-pub const HOSTILE_WORDS: [&str; 11] = [
+pub const HOSTILE_WORDS: [&str; 15] = [
     "it's",
     "'; touch @; '",
     "$(touch @)",
     "`touch @`",
+    "a\nb",
     "line1\ntouch @",
     "; touch @",
     "&& touch @ || touch @",
+    "| tee @",
     "\"$HOME\" ${PATH} $0 $@ * ~",
+    "\\'\\",
     "",
     "--workdir=/etc",
     "tab\there and a trailing backslash \\",
+    "é ☃ \t tab",
 ];
 
 /// [`HOSTILE_WORDS`] with `@` replaced by `canary`.
@@ -374,9 +378,59 @@ pub fn append_bench_summary(rows: &[String]) {
     }
 }
 
+/// Pseudo-random bytes (xorshift64): incompressible, so no layer of a path (engine, archive,
+/// transport) can shortcut them, and cheap to make. For benches and large-input tests.
+#[derive(Debug, Clone)]
+pub struct Incompressible(u64);
+
+impl Incompressible {
+    /// The stream of `seed`: the same seed gives the same bytes.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(0x9e37_79b9_7f4a_7c15 ^ seed)
+    }
+
+    /// Fills `buf` with the next bytes; calls whose lengths are multiples of 8 continue one
+    /// stream.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+/// `len` bytes of the [`Incompressible`] stream of `seed`.
+#[must_use]
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    Incompressible::new(seed).fill(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incompressible_is_one_stream_per_seed() {
+        let whole = incompressible(4096 + 3, 7);
+        let mut parts = vec![0u8; whole.len()];
+        let mut filler = Incompressible::new(7);
+        let (a, b) = parts.split_at_mut(1024);
+        filler.fill(a);
+        filler.fill(b);
+        assert_eq!(parts, whole);
+        assert_ne!(incompressible(64, 8), whole[..64]);
+        // No byte value dominates (a compressor would find nothing to take out).
+        let mut counts = [0usize; 256];
+        for b in &whole {
+            counts[usize::from(*b)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c < 64), "{counts:?}");
+    }
 
     #[test]
     fn parses_quoted_values() {

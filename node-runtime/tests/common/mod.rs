@@ -137,20 +137,6 @@ impl hpcs_node::container::OutputSink for Collect {
     }
 }
 
-/// `len` pseudo-random bytes (xorshift64 from `seed`): incompressible, so no layer of the path
-/// (engine, archive, transport) can shortcut them, and cheap to make.
-pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
-
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
