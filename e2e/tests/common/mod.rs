@@ -384,7 +384,7 @@ impl Job {
 pub struct World {
     pub stack: Stack,
     pub id: String,
-    /// `/tmp/hpcs-e2e-<id>`, root 0755.
+    /// `/tmp/hpcs-e2e-<id>`, root 0755 (`server/` and `logs/` 0700).
     pub dir: PathBuf,
     /// Private scratch root of the node runtime (tmpfs).
     pub scratch: PathBuf,
@@ -417,7 +417,10 @@ impl World {
         for sub in ["server", "node", "bin", "run", "logs"] {
             mkdir_owned(&dir.join(sub), 0, 0, 0o755);
         }
+        // Root's only: server state, and the logs of root processes (a dev Vault prints its root
+        // token).
         chmod(&dir.join("server"), 0o700);
+        chmod(&dir.join("logs"), 0o700);
         let scratch = PathBuf::from(format!("/dev/shm/hpcs-e2e-{id}"));
         mkdir_owned(&scratch, 0, 0, 0o711);
         let rt = tokio::runtime::Builder::new_current_thread()
