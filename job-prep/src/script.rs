@@ -115,23 +115,10 @@ mod tests {
         );
     }
 
-    /// Words that a shell would expand, split, substitute or execute if they were not quoted.
-    pub(crate) const HOSTILE: [&str; 14] = [
-        "it's",
-        "'; touch /tmp/hpcs-golden-pwned; '",
-        "$(touch /tmp/hpcs-golden-pwned)",
-        "`touch /tmp/hpcs-golden-pwned`",
-        "a\nb",
-        "line1\ntouch /tmp/hpcs-golden-pwned",
-        "; touch /tmp/hpcs-golden-pwned",
-        "&& touch /tmp/hpcs-golden-pwned",
-        "| tee /tmp/hpcs-golden-pwned",
-        "\"$HOME\" ${PATH} $0 $@ *",
-        "\\'\\",
-        "",
-        "--workdir=/etc",
-        "é ☃ \t tab",
-    ];
+    /// The shared hostile words, with a canary path that must never be created.
+    fn hostile() -> Vec<String> {
+        hpcs_test_support::hostile_words("/tmp/hpcs-golden-pwned")
+    }
 
     fn layout(spec: &JobSpec) -> Layout {
         Layout::new(spec, "20260101T000000-abc123", RECIPIENT.parse().unwrap()).unwrap()
@@ -175,10 +162,7 @@ mod tests {
     #[test]
     fn full_script_with_hostile_arguments() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = full_spec(
-            dir.path(),
-            HOSTILE.iter().map(|s| (*s).to_owned()).collect(),
-        );
+        let spec = full_spec(dir.path(), hostile());
         golden("hostile.sh", &render(&spec, &layout(&spec)).unwrap());
     }
 
@@ -197,10 +181,7 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut spec = full_spec(
-            dir.path(),
-            HOSTILE.iter().map(|s| (*s).to_owned()).collect(),
-        );
+        let mut spec = full_spec(dir.path(), hostile());
         spec.hpcs_node = fake.to_str().unwrap().parse().unwrap();
         let layout = layout(&spec);
         let script = dir.path().join("job.sh");
@@ -218,8 +199,9 @@ mod tests {
             let want = node_argv(&spec, &layout);
             let want: Vec<&[u8]> = want[1..].iter().map(|w| w.as_bytes()).collect();
             assert_eq!(got, want, "{shell}");
-            let tail = &got[got.len() - HOSTILE.len()..];
-            let hostile: Vec<&[u8]> = HOSTILE.iter().map(|h| h.as_bytes()).collect();
+            let words = hostile();
+            let tail = &got[got.len() - words.len()..];
+            let hostile: Vec<&[u8]> = words.iter().map(|h| h.as_bytes()).collect();
             assert_eq!(tail, hostile.as_slice());
             assert!(!canary.exists(), "{shell} executed an argument");
         }

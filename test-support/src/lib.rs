@@ -328,18 +328,18 @@ pub fn run_as(user: &TestUser, program: impl AsRef<std::ffi::OsStr>) -> Command 
 }
 
 /// Words a shell would split, expand or execute if they were not quoted all the way, for tests
-/// that pass user strings through scripts and SSH; each `@` stands for a canary path that must
-/// never be created ([`hostile_words`] substitutes it).
+/// that pass user strings through scripts and SSH; each `{canary}` stands for a canary path that
+/// must never be created ([`hostile_words`] substitutes it).
 pub const HOSTILE_WORDS: [&str; 15] = [
     "it's",
-    "'; touch @; '",
-    "$(touch @)",
-    "`touch @`",
+    "'; touch {canary}; '",
+    "$(touch {canary})",
+    "`touch {canary}`",
     "a\nb",
-    "line1\ntouch @",
-    "; touch @",
-    "&& touch @ || touch @",
-    "| tee @",
+    "line1\ntouch {canary}",
+    "; touch {canary}",
+    "&& touch {canary} || touch {canary}",
+    "| tee {canary}",
     "\"$HOME\" ${PATH} $0 $@ * ~",
     "\\'\\",
     "",
@@ -348,11 +348,11 @@ pub const HOSTILE_WORDS: [&str; 15] = [
     "é ☃ \t tab",
 ];
 
-/// [`HOSTILE_WORDS`] with `@` replaced by `canary`.
+/// [`HOSTILE_WORDS`] with `{canary}` replaced by `canary`.
 pub fn hostile_words(canary: &str) -> Vec<String> {
     HOSTILE_WORDS
         .iter()
-        .map(|w| w.replace('@', canary))
+        .map(|w| w.replace("{canary}", canary))
         .collect()
 }
 

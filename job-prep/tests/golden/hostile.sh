@@ -40,10 +40,11 @@ b' \
   'line1
 touch /tmp/hpcs-golden-pwned' \
   '; touch /tmp/hpcs-golden-pwned' \
-  '&& touch /tmp/hpcs-golden-pwned' \
+  '&& touch /tmp/hpcs-golden-pwned || touch /tmp/hpcs-golden-pwned' \
   '| tee /tmp/hpcs-golden-pwned' \
-  '"$HOME" ${PATH} $0 $@ *' \
+  '"$HOME" ${PATH} $0 $@ * ~' \
   '\'\''\' \
   '' \
   '--workdir=/etc' \
+  'tab	here and a trailing backslash \' \
   'é ☃ 	 tab'
