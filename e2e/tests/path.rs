@@ -16,6 +16,19 @@ fn alice_runs_her_job_end_to_end_and_hostile_arguments_arrive_byte_for_byte() {
     let (app, data) = w.prepare(&w.alice);
     assert!(app.info.starts_with(&w.alice.at_rest), "{app:?}");
     w.assert_no_plaintext();
+    // Positive control of the plaintext scan: it finds the marker in alice's laptop input, and
+    // across the boundary of its 64 KiB read chunks.
+    assert!(!common::files_containing(&w.alice.laptop, DATA_MARKER).is_empty());
+    let straddle = w.dir.join("scan-control");
+    std::fs::create_dir(&straddle).unwrap();
+    // The first read takes 64 KiB plus the needle's length; the marker starts 5 bytes before.
+    let mut body = vec![b'x'; 64 * 1024 + DATA_MARKER.len() - 5];
+    body.extend_from_slice(DATA_MARKER.as_bytes());
+    std::fs::write(straddle.join("f"), &body).unwrap();
+    assert_eq!(
+        common::files_containing(&straddle, DATA_MARKER),
+        vec![straddle.join("f")]
+    );
 
     // Values of the env file, each a shell hazard; the file format has one line per variable.
     let env_values = [

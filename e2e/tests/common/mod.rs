@@ -182,17 +182,40 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
             let Ok(t) = e.file_type() else { continue };
             if t.is_dir() {
                 walk(&e.path(), needle, hits);
-            } else if t.is_file()
-                && std::fs::read(e.path())
-                    .is_ok_and(|d| d.windows(needle.len()).any(|w| w == needle))
-            {
+            } else if t.is_file() && file_contains(&e.path(), needle) {
                 hits.push(e.path());
             }
         }
     }
+    assert!(
+        !needle.is_empty(),
+        "files_containing needs a non-empty needle"
+    );
     let mut hits = Vec::new();
     walk(dir, needle.as_bytes(), &mut hits);
     hits
+}
+
+/// Whether the file at `path` holds `needle` (non-empty), read in chunks with an overlap of
+/// `needle.len() - 1` bytes so that a match across two chunks is found; unreadable is `false`.
+fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 64 * 1024 + needle.len()];
+    let mut kept = 0;
+    loop {
+        let n = match file.read(&mut buf[kept..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let end = kept + n;
+        if buf[..end].windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        kept = (needle.len() - 1).min(end);
+        buf.copy_within(end - kept..end, 0);
+    }
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
