@@ -527,12 +527,7 @@ fn vault_stopped_during_preparation_leaves_nothing_registered_or_reports_it() {
         run.stderr
     );
     bao.stop(nix::sys::signal::Signal::SIGKILL);
-    let created: Vec<String> = w
-        .audit("server-private")
-        .iter()
-        .filter(|e| e["action"] == "secret.create" && e["outcome"] == "ok")
-        .filter_map(|e| e["secret_id"].as_str().map(str::to_owned))
-        .collect();
+    let created = w.created_secret_ids("server-private");
     assert_eq!(created.len(), 1, "one registration expected: {created:?}");
     let id = &created[0];
     // Vault is gone, so the server cannot revoke the key's policies and role: the documented
@@ -570,11 +565,7 @@ fn vault_stopped_during_preparation_leaves_nothing_registered_or_reports_it() {
     let run = w.client_with(&w.alice, "data-prep", &args, &config);
     eprintln!("data-prep with Vault down: {run:?}");
     run.expect_code(1, "data-prep with Vault down");
-    let created_after = w
-        .audit("server-private")
-        .iter()
-        .filter(|e| e["action"] == "secret.create" && e["outcome"] == "ok")
-        .count();
+    let created_after = w.created_secret_ids("server-private").len();
     assert_eq!(created_after, 1, "a secret was registered with Vault down");
     assert!(!w.alice.at_rest.join("vault-down.info.yaml").exists());
     w.assert_no_plaintext();

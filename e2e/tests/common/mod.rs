@@ -1077,6 +1077,21 @@ impl World {
         ids
     }
 
+    /// Secret ids of the successful `secret.create` audit records of a server of this world, in
+    /// log order (a panic if one names no secret).
+    pub fn created_secret_ids(&self, server_dir: &str) -> Vec<String> {
+        self.audit(server_dir)
+            .iter()
+            .filter(|e| e["action"] == "secret.create" && e["outcome"] == "ok")
+            .map(|e| {
+                e["secret_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("secret.create record without a secret_id: {e}"))
+                    .to_owned()
+            })
+            .collect()
+    }
+
     /// Audit log lines (parsed) of a server of this world.
     pub fn audit(&self, server_dir: &str) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join(server_dir).join("audit.jsonl"))
