@@ -1109,42 +1109,42 @@ impl World {
     /// Deletes the reader entries of secret `id` as the SPIRE administrator (cleanup after a
     /// case whose server can no longer revoke).
     pub fn delete_reader_entries(&self, id: &str) {
-        use hpcs_spire_api::server::entry::v1::{
-            BatchDeleteEntryRequest, entry_client::EntryClient,
-        };
+        use hpcs_spire_api::server::entry::v1::BatchDeleteEntryRequest;
         let ids = self.reader_entry_ids(id);
         if ids.is_empty() {
             return;
         }
         self.rt.block_on(async {
-            let channel = hpcs_spire_api::channel::connect_unix(
-                &self.stack.devspire_admin_socket,
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("devspire admin socket");
-            EntryClient::new(channel)
+            self.entry_client()
+                .await
                 .batch_delete_entry(BatchDeleteEntryRequest { ids })
                 .await
                 .expect("delete devspire entries");
         });
     }
 
+    /// A client of devspire's entry API on its admin socket.
+    async fn entry_client(
+        &self,
+    ) -> hpcs_spire_api::server::entry::v1::entry_client::EntryClient<tonic::transport::Channel>
+    {
+        let channel = hpcs_spire_api::channel::connect_unix(
+            &self.stack.devspire_admin_socket,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("devspire admin socket");
+        hpcs_spire_api::server::entry::v1::entry_client::EntryClient::new(channel)
+    }
+
     fn reader_entry_ids(&self, id: &str) -> Vec<String> {
-        use hpcs_spire_api::server::entry::v1::{
-            ListEntriesRequest, entry_client::EntryClient, list_entries_request::Filter,
-        };
+        use hpcs_spire_api::server::entry::v1::{ListEntriesRequest, list_entries_request::Filter};
         use hpcs_spire_api::types::Spiffeid;
         let spiffe = format!("spiffe://{}/hpcs/secret/{id}", self.stack.trust_domain);
         self.rt.block_on(async {
-            let channel = hpcs_spire_api::channel::connect_unix(
-                &self.stack.devspire_admin_socket,
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("devspire admin socket");
-            let mut client = EntryClient::new(channel);
-            let resp = client
+            let resp = self
+                .entry_client()
+                .await
                 .list_entries(ListEntriesRequest {
                     filter: Some(Filter {
                         by_spiffe_id: Some(Spiffeid::from_uri(&spiffe).unwrap()),
