@@ -85,15 +85,16 @@ impl AgentApi for AgentService {
             }
         };
         let expires_at = now.saturating_add(i64::from(request.ttl));
+        let stored = token.clone();
         let (created, changed) = self
             .shared
             .store()
-            .update(|snapshot| {
+            .update(move |snapshot| {
                 snapshot.join_tokens.retain(|_, expiry| *expiry > now);
-                if snapshot.join_tokens.contains_key(&token) {
+                if snapshot.join_tokens.contains_key(&stored) {
                     return false;
                 }
-                snapshot.join_tokens.insert(token.clone(), expires_at);
+                snapshot.join_tokens.insert(stored, expires_at);
                 if let Some(entry) = alias {
                     snapshot.entries.insert(entry.id.clone(), Arc::new(entry));
                 }

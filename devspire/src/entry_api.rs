@@ -365,7 +365,7 @@ impl EntryApi for EntryService {
         let (results, changed) = self
             .shared
             .store()
-            .update(|snapshot| {
+            .update(move |snapshot| {
                 candidates
                     .into_iter()
                     .map(|candidate| {
@@ -425,11 +425,13 @@ impl EntryApi for EntryService {
         request: Request<BatchDeleteEntryRequest>,
     ) -> Result<Response<BatchDeleteEntryResponse>, Status> {
         let ids = request.into_inner().ids;
+        let to_delete = ids.clone();
         let (results, changed) = self
             .shared
             .store()
-            .update(|snapshot| {
-                ids.iter()
+            .update(move |snapshot| {
+                to_delete
+                    .iter()
                     .map(|id| {
                         let status = if id.is_empty() {
                             status(Code::InvalidArgument, "missing entry ID")

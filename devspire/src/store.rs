@@ -4,10 +4,15 @@
 //! Readers take a cheap [`Snapshot`] (an `Arc`); writers go through [`Store::update`], which
 //! serialises changes, writes the file atomically and only then publishes the new snapshot, so a
 //! change is visible only once it is durable.
+//!
+//! Changes are group-committed: every change waiting while a write is under way is applied and
+//! written by the next write, in arrival order, so concurrent callers share one file write (and
+//! fsync) instead of queueing for one each. A commit runs in a task of its own, so a caller that
+//! gives up waiting (a cancelled RPC) cannot leave a change written but not published.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hpcs_spire_api::spiffe_id::SpiffeIdError;
 use hpcs_spire_api::types::Spiffeid;
@@ -135,6 +140,12 @@ pub enum StoreError {
     /// The blocking writer task died.
     #[error("the entry store writer task failed")]
     WriterTask(#[source] tokio::task::JoinError),
+    /// The group commit that carried this change failed; the change was dropped.
+    #[error(transparent)]
+    Commit(Arc<StoreError>),
+    /// The commit task ended without answering (the runtime is shutting down).
+    #[error("the entry store commit was abandoned")]
+    Abandoned,
 }
 
 /// A validated registration entry.
@@ -406,12 +417,33 @@ struct StoreFile {
 
 const STORE_VERSION: u32 = 1;
 
+/// A queued change: applied to the working copy, it returns what answers its caller once the
+/// commit is known to have succeeded or failed.
+type Change = Box<dyn FnOnce(&mut Snapshot) -> Answer + Send>;
+/// Answers one caller with the commit's outcome (`Ok(changed)`).
+type Answer = Box<dyn FnOnce(Result<bool, Arc<StoreError>>) + Send>;
+
 /// The persisted entry store.
 #[derive(Debug)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     path: PathBuf,
+    /// Changes not yet taken by a commit, in arrival order.
+    queue: Mutex<Vec<Change>>,
+    /// Held by the one commit under way.
     writer: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Snapshot>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -457,39 +489,106 @@ impl Store {
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         Ok(Self {
-            path,
-            writer: tokio::sync::Mutex::new(()),
-            current: RwLock::new(Arc::new(snapshot)),
+            inner: Arc::new(Inner {
+                path,
+                queue: Mutex::new(Vec::new()),
+                writer: tokio::sync::Mutex::new(()),
+                current: RwLock::new(Arc::new(snapshot)),
+            }),
         })
     }
 
     /// The current state.
     #[must_use]
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        self.inner.snapshot()
     }
 
     /// Applies `change` to a copy of the current state, persists it when it differs, then
-    /// publishes it. Returns what `change` returned and whether anything changed.
+    /// publishes it. Returns what `change` returned and whether it changed anything.
+    ///
+    /// `change` runs after every change queued before it and sees their effects; it may run on
+    /// another task (hence `Send + 'static`).
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the file cannot be written; the change is then dropped.
-    pub async fn update<R>(
+    /// A [`StoreError`] when the file cannot be written; the change (and every other change of
+    /// the same commit) is then dropped.
+    pub async fn update<R: Send + 'static>(
         &self,
-        change: impl FnOnce(&mut Snapshot) -> R,
+        change: impl FnOnce(&mut Snapshot) -> R + Send + 'static,
     ) -> Result<(R, bool), StoreError> {
-        let _guard = self.writer.lock().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued: Change = Box::new(move |snapshot: &mut Snapshot| {
+            let result = change(snapshot);
+            Box::new(move |outcome: Result<bool, Arc<StoreError>>| {
+                let _ = tx.send(
+                    outcome
+                        .map(|changed| (result, changed))
+                        .map_err(StoreError::Commit),
+                );
+            })
+        });
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(queued);
+        // The commit that takes this change may be this task's or one already waiting for the
+        // writer lock; either way it answers through `tx`.
+        tokio::spawn(Arc::clone(&self.inner).commit());
+        rx.await.map_err(|_| StoreError::Abandoned)?
+    }
+}
+
+impl Inner {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Takes every queued change, applies them in order to one copy, writes it once, publishes
+    /// it, then answers each caller. Does nothing when an earlier commit took the queue.
+    async fn commit(self: Arc<Self>) {
+        let _writer = self.writer.lock().await;
+        let changes =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        if changes.is_empty() {
+            return;
+        }
         let before = self.snapshot();
         let mut next = (*before).clone();
-        let result = change(&mut next);
-        if next == *before {
-            return Ok((result, false));
+        let mut answers = Vec::with_capacity(changes.len());
+        for change in changes {
+            let prior = next.clone();
+            let answer = change(&mut next);
+            answers.push((answer, next != prior));
         }
+        let outcome = if answers.iter().any(|(_, changed)| *changed) {
+            self.write(&next).await
+        } else {
+            Ok(())
+        };
+        match outcome {
+            Ok(()) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+                for (answer, changed) in answers {
+                    answer(Ok(changed));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for (answer, _) in answers {
+                    answer(Err(Arc::clone(&e)));
+                }
+            }
+        }
+    }
+
+    async fn write(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let file = StoreFile {
             version: STORE_VERSION,
-            entries: next.entries.values().map(|e| e.to_fields()).collect(),
-            join_tokens: next.join_tokens.clone(),
+            entries: snapshot.entries.values().map(|e| e.to_fields()).collect(),
+            join_tokens: snapshot.join_tokens.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(StoreError::Serialize)?;
         let path = self.path.clone();
@@ -499,9 +598,7 @@ impl Store {
             .map_err(|source| StoreError::Write {
                 path: self.path.clone(),
                 source,
-            })?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        Ok((result, true))
+            })
     }
 }
 
@@ -598,9 +695,10 @@ mod tests {
         )
         .unwrap();
         let id = entry.id.clone();
+        let (inserted, key) = (Arc::new(entry.clone()), id.clone());
         let ((), changed) = store
-            .update(|s| {
-                s.entries.insert(id.clone(), Arc::new(entry.clone()));
+            .update(move |s| {
+                s.entries.insert(key, inserted);
             })
             .await
             .unwrap();
@@ -616,5 +714,88 @@ mod tests {
         std::fs::write(dir.path().join(ENTRIES_FILE), b"{not json").unwrap();
         let err = Store::open(dir.path(), &td()).unwrap_err();
         assert!(err.to_string().contains("failed to parse"), "{err}");
+    }
+
+    fn entry(n: usize) -> Arc<Entry> {
+        let spiffe_id = format!("spiffe://hpcs.test/w{n}");
+        Arc::new(
+            Entry::validate(fields(&spiffe_id, PARENT, &[("unix", "uid:1000")]), &td()).unwrap(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_updates_are_all_applied_in_order_and_each_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), &td()).unwrap());
+        let tasks: Vec<_> = (0..64)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let e = entry(n);
+                    store
+                        .update(move |s| {
+                            let before = s.entries.len();
+                            s.entries.insert(e.id.clone(), e);
+                            before
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for task in tasks {
+            let (before, changed) = task.await.unwrap();
+            assert!(changed);
+            seen.push(before);
+        }
+        // Each change saw the ones applied before it: the counts are 0..64, each once.
+        seen.sort_unstable();
+        assert_eq!(seen, (0..64).collect::<Vec<_>>());
+        assert_eq!(store.snapshot().entries.len(), 64);
+        let reopened = Store::open(dir.path(), &td()).unwrap();
+        assert_eq!(reopened.snapshot(), store.snapshot());
+        // A change that changes nothing in a busy store still reports `false`.
+        let ((), changed) = store.update(|_| {}).await.unwrap();
+        assert!(!changed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_change_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &td()).unwrap();
+        // The atomic write cannot replace a directory at its temporary name.
+        std::fs::create_dir(dir.path().join(format!("{ENTRIES_FILE}.tmp"))).unwrap();
+        let e = entry(1);
+        let err = store
+            .update(move |s| {
+                s.entries.insert(e.id.clone(), e);
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(ENTRIES_FILE), "{err}");
+        assert!(store.snapshot().entries.is_empty());
+        assert!(!dir.path().join(ENTRIES_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_does_not_lose_its_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &td()).unwrap();
+        let e = entry(1);
+        let id = e.id.clone();
+        // Polled once (queued, commit task spawned), then dropped like a cancelled RPC.
+        {
+            let update = std::pin::pin!(store.update(move |s| {
+                s.entries.insert(e.id.clone(), e);
+            }));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(update.poll(&mut cx).is_pending());
+        }
+        // A later change is committed after it, so by then the first is durable and published.
+        store.update(|_| {}).await.unwrap();
+        assert!(store.snapshot().entries.contains_key(&id));
+        let reopened = Store::open(dir.path(), &td()).unwrap();
+        assert!(reopened.snapshot().entries.contains_key(&id));
     }
 }
