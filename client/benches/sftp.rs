@@ -48,15 +48,24 @@ fn main() -> ExitCode {
         .map_or(3, |s| s.parse().expect("HPCS_BENCH_RUNS must be a number"));
     assert!(runs >= 1, "HPCS_BENCH_RUNS must be at least 1");
     let target = SshTarget {
-        host: stack.ssh_host.clone(),
-        port: stack.ssh_port,
-        user: stack.alice.name.to_owned(),
-        key: Some(stack.alice.ssh_key.clone()),
-        known_hosts: stack.ssh_known_hosts.clone(),
-        accept_new: false,
         connect_timeout: Duration::from_secs(10),
         op_timeout: Duration::from_secs(600),
-        keepalive: Duration::from_secs(15),
+        ..SshTarget::new(
+            stack.ssh_host.clone(),
+            stack.ssh_port,
+            stack.alice.name,
+            Some(stack.alice.ssh_key.clone()),
+            stack.ssh_known_hosts.clone(),
+        )
+    };
+    let target = SshTarget {
+        streams: std::env::var("HPCS_BENCH_SFTP_STREAMS")
+            .ok()
+            .map_or(target.streams, |s| {
+                s.parse()
+                    .expect("HPCS_BENCH_SFTP_STREAMS must be a number of connections")
+            }),
+        ..target
     };
     let local = tempfile::Builder::new()
         .prefix("hpcs-bench-sftp-")

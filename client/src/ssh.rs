@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use hpcs_core::crypto::Sha256Digest;
 
+mod parallel;
+
 /// Largest stdout or stderr kept from one [`SshSession::exec`].
 pub const EXEC_OUTPUT_CAP: usize = 4 * 1024 * 1024;
 
@@ -215,9 +217,39 @@ pub struct SshTarget {
     pub op_timeout: Duration,
     /// Keepalive interval.
     pub keepalive: Duration,
+    /// SSH connections a large transfer is spread over (1: only the session's own); see
+    /// [`SshSession::upload`] and [`SshSession::open_read`].
+    pub streams: usize,
 }
 
 impl SshTarget {
+    /// `user@host:port` with `key` (`None`: the agent, then the default key files), strict
+    /// checking against `known_hosts`, and the defaults of an empty `[ssh]` section: 2 minute
+    /// operations, 15 s keepalive, [`DEFAULT_SSH_STREAMS`] connections per large transfer.
+    ///
+    /// [`DEFAULT_SSH_STREAMS`]: hpcs_core::config::DEFAULT_SSH_STREAMS
+    #[must_use]
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        key: Option<PathBuf>,
+        known_hosts: PathBuf,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            user: user.into(),
+            key,
+            known_hosts,
+            accept_new: false,
+            connect_timeout: hpcs_core::config::DEFAULT_SSH_CONNECT_TIMEOUT,
+            op_timeout: Duration::from_secs(120),
+            keepalive: Duration::from_secs(15),
+            streams: hpcs_core::config::DEFAULT_SSH_STREAMS,
+        }
+    }
+
     /// A target from the client config's `[supercomputer]` and `[ssh]` sections; without a key
     /// the agent and the default key files are tried, and known_hosts defaults to
     /// `~/.ssh/known_hosts`.
@@ -227,19 +259,21 @@ impl SshTarget {
         ssh: &hpcs_core::config::SshConfig,
     ) -> Self {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+        let known_hosts = ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| home.join(".ssh/known_hosts"));
         Self {
-            host: sc.address.clone(),
-            port: ssh.port,
-            user: sc.username.to_string(),
-            key: ssh.key.clone(),
-            known_hosts: ssh
-                .known_hosts
-                .clone()
-                .unwrap_or_else(|| home.join(".ssh/known_hosts")),
             accept_new: ssh.accept_new_host_keys,
             connect_timeout: ssh.connect_timeout,
-            op_timeout: Duration::from_secs(120),
-            keepalive: Duration::from_secs(15),
+            streams: ssh.streams,
+            ..Self::new(
+                sc.address.clone(),
+                ssh.port,
+                sc.username.to_string(),
+                ssh.key.clone(),
+                known_hosts,
+            )
         }
     }
 }
@@ -416,6 +450,9 @@ impl SshSession {
     /// directory, then renamed into place, so `remote` never holds a partial file. `progress`
     /// gets the byte count so far.
     ///
+    /// Sources longer than two [`SFTP_IO_SIZE`] blocks are spread over
+    /// [`SshTarget::streams`] connections (module `parallel`); the others go over this session.
+    ///
     /// # Errors
     ///
     /// [`SshError::Channel`], [`SshError::Io`].
@@ -441,19 +478,46 @@ impl SshSession {
                     ssh2::OpenType::File,
                 )
                 .map_err(chan(format!("create {}", tmp.display())))?;
-            let mut buf = vec![0u8; SFTP_IO_SIZE];
-            let mut total = 0u64;
-            loop {
-                let n = read_full(&mut reader, &mut buf)
-                    .map_err(io_err(format!("read the data for {remote}")))?;
-                if n == 0 {
-                    break;
-                }
-                file.write_all(&buf[..n])
-                    .map_err(io_err(format!("write {}", tmp.display())))?;
-                total += n as u64;
-                progress(total);
+            let read_err = || io_err(format!("read the data for {remote}"));
+            let mut first = vec![0u8; SFTP_IO_SIZE];
+            let n = read_full(&mut reader, &mut first).map_err(read_err())?;
+            let mut pending = vec![(first, n)];
+            if self.target.streams > 1 && n == SFTP_IO_SIZE {
+                let mut second = vec![0u8; SFTP_IO_SIZE];
+                let m = read_full(&mut reader, &mut second).map_err(read_err())?;
+                pending.push((second, m));
             }
+            let extra = match pending.last() {
+                Some((_, m)) if pending.len() == 2 && *m > 0 => {
+                    parallel::connect_more(&self.target, self.target.streams - 1)
+                }
+                _ => Vec::new(),
+            };
+            let total = if extra.is_empty() {
+                let mut total = 0u64;
+                let mut write = |buf: &[u8], total: &mut u64| {
+                    file.write_all(buf)
+                        .map_err(io_err(format!("write {}", tmp.display())))?;
+                    *total += buf.len() as u64;
+                    progress(*total);
+                    Ok::<_, SshError>(())
+                };
+                for (buf, n) in pending.iter().filter(|(_, n)| *n > 0) {
+                    write(&buf[..*n], &mut total)?;
+                }
+                let mut buf = pending.swap_remove(0).0;
+                loop {
+                    let n = read_full(&mut reader, &mut buf).map_err(read_err())?;
+                    if n == 0 {
+                        break;
+                    }
+                    write(&buf[..n], &mut total)?;
+                }
+                total
+            } else {
+                parallel::upload(&mut file, &extra, &tmp, &mut reader, pending, &mut progress)?
+            };
+            drop(extra);
             file.fsync().ok();
             drop(file);
             // SFTP v3 (OpenSSH) rename refuses an existing target; rename(2) through `mv -T`
@@ -477,24 +541,56 @@ impl SshSession {
     /// [`SshError::Channel`], [`SshError::Io`].
     pub fn download<W: Write>(&self, remote: &str, mut writer: W) -> Result<u64, SshError> {
         let mut file = self.open_read(remote)?;
-        // `io::copy` reads through the `BufReader`'s own buffer: libssh2 gets `SFTP_IO_SIZE`
-        // reads (a plain `io::copy` would hand it 8 KiB and leave it 32 KiB of read-ahead).
-        std::io::copy(&mut file.file, &mut writer).map_err(io_err(format!("download {remote}")))
+        // Whole blocks: libssh2 gets `SFTP_IO_SIZE` reads (`io::copy` would hand it 8 KiB and
+        // leave it 32 KiB of read-ahead), and the writer gets few, large writes.
+        let mut buf = vec![0u8; SFTP_IO_SIZE];
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(io_err(format!("download {remote}")))?;
+            if n == 0 {
+                return Ok(total);
+            }
+            writer
+                .write_all(&buf[..n])
+                .map_err(io_err(format!("download {remote}")))?;
+            total += n as u64;
+        }
     }
 
     /// Opens `remote` for streaming reads.
+    ///
+    /// Files of at least two [`SFTP_IO_SIZE`] blocks are read over [`SshTarget::streams`]
+    /// connections (module `parallel`), each fetching every n-th block, and returned in order.
     ///
     /// # Errors
     ///
     /// [`SshError::Channel`].
     pub fn open_read(&self, remote: &str) -> Result<RemoteFile, SshError> {
-        let file = self
+        let mut file = self
             .sftp()?
             .open(Path::new(remote))
             .map_err(chan(format!("open {remote}")))?;
+        let path = remote.to_owned();
+        if self.target.streams > 1 {
+            let size = file
+                .stat()
+                .map_err(chan(format!("stat {remote}")))?
+                .size
+                .unwrap_or(0);
+            if size >= 2 * SFTP_IO_SIZE as u64 {
+                let extra = parallel::connect_more(&self.target, self.target.streams - 1);
+                if !extra.is_empty() {
+                    let reader = parallel::ParallelReader::start(file, extra, remote)?;
+                    return Ok(RemoteFile {
+                        file: Source::Parallel(reader),
+                        path,
+                    });
+                }
+            }
+        }
         Ok(RemoteFile {
-            file: std::io::BufReader::with_capacity(SFTP_IO_SIZE, file),
-            path: remote.to_owned(),
+            file: Source::Single(std::io::BufReader::with_capacity(SFTP_IO_SIZE, file)),
+            path,
         })
     }
 
@@ -636,8 +732,13 @@ impl SshSession {
 /// Reads go to libssh2 in [`SFTP_IO_SIZE`] pieces whatever the caller's buffer size, so the
 /// read-ahead stays deep for callers that read in small pieces (the age decryptor reads 64 KiB).
 pub struct RemoteFile {
-    file: std::io::BufReader<ssh2::File>,
+    file: Source,
     path: String,
+}
+
+enum Source {
+    Single(std::io::BufReader<ssh2::File>),
+    Parallel(parallel::ParallelReader),
 }
 
 impl std::fmt::Debug for RemoteFile {
@@ -650,7 +751,10 @@ impl std::fmt::Debug for RemoteFile {
 
 impl Read for RemoteFile {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.file.read(buf)
+        match &mut self.file {
+            Source::Single(file) => file.read(buf),
+            Source::Parallel(reader) => reader.read(buf),
+        }
     }
 }
 
@@ -739,7 +843,7 @@ fn authenticate(session: &ssh2::Session, target: &SshTarget) -> Result<(), SshEr
 }
 
 /// Reads until `buf` is full or the reader is at its end; the count is short only at the end.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

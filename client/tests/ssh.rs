@@ -10,15 +10,15 @@ use hpcs_test_support::{Stack, ns};
 
 fn target(stack: &Stack, key: &Path, known_hosts: &Path) -> SshTarget {
     SshTarget {
-        host: stack.ssh_host.clone(),
-        port: stack.ssh_port,
-        user: "alice".into(),
-        key: Some(key.to_owned()),
-        known_hosts: known_hosts.to_owned(),
-        accept_new: false,
         connect_timeout: Duration::from_secs(10),
         op_timeout: Duration::from_secs(60),
-        keepalive: Duration::from_secs(15),
+        ..SshTarget::new(
+            stack.ssh_host.clone(),
+            stack.ssh_port,
+            "alice",
+            Some(key.to_owned()),
+            known_hosts.to_owned(),
+        )
     }
 }
 
@@ -296,4 +296,91 @@ fn sftp_round_trip() {
         .unwrap_err();
     assert!(matches!(err, SshError::Channel { .. }), "{err}");
     assert_eq!(ssh.stat(&format!("{}/no", dir.path)).unwrap(), None);
+}
+
+/// Transfers of two 4 MiB blocks or more go over `streams` connections: blocks written at their
+/// offsets by several connections, and read by several, arrive whole and in order, whatever
+/// the size's remainder (none, one byte, a ragged tail); one block exactly stays on one.
+#[test]
+fn large_transfers_over_several_connections_arrive_intact() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    const BLOCK: usize = 4 * 1024 * 1024;
+    let ssh = SshSession::connect(&alice(&stack)).unwrap();
+    let dir = RemoteDir::new(&ssh);
+    for (streams, size) in [
+        (1, 2 * BLOCK + 1),
+        (2, BLOCK),
+        (2, 2 * BLOCK),
+        (2, 2 * BLOCK + 1),
+        (3, 3 * BLOCK + 12_345),
+    ] {
+        let case = format!("{streams} streams, {size} bytes");
+        let target = SshTarget {
+            streams,
+            ..alice(&stack)
+        };
+        let ssh = SshSession::connect(&target).unwrap();
+        let data = hpcs_test_support::incompressible(size, size as u64);
+        let remote = format!("{}/big-{streams}-{size}.bin", dir.path);
+        let mut seen = Vec::new();
+        let n = ssh
+            .upload(data.as_slice(), &remote, 0o600, |p| seen.push(p))
+            .unwrap();
+        assert_eq!(n, size as u64, "{case}");
+        assert_eq!(seen.last(), Some(&n), "{case}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{case}: {seen:?}");
+        assert_eq!(
+            ssh.sha256(&remote).unwrap(),
+            hpcs_core::crypto::Sha256Digest::of(&data),
+            "{case}"
+        );
+        let mut back = Vec::new();
+        assert_eq!(ssh.download(&remote, &mut back).unwrap(), n, "{case}");
+        assert!(back == data, "{case}: download differs");
+        // The decryptor's pattern: small reads from the streaming reader.
+        let mut reader = ssh.open_read(&remote).unwrap();
+        let mut streamed = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let k = reader.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            streamed.extend_from_slice(&buf[..k]);
+        }
+        assert!(streamed == data, "{case}: open_read differs");
+    }
+    // Every upload was renamed into place: no temporary file is left.
+    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+    assert!(
+        listing.stdout_text().lines().all(|l| l.starts_with("big-")),
+        "{}",
+        listing.stdout_text()
+    );
+}
+
+/// Dropping a parallel reader part-way stops its connections without hanging.
+#[test]
+fn a_parallel_download_can_be_abandoned() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let target = SshTarget {
+        streams: 3,
+        ..alice(&stack)
+    };
+    let ssh = SshSession::connect(&target).unwrap();
+    let dir = RemoteDir::new(&ssh);
+    let data = hpcs_test_support::incompressible(6 * 4 * 1024 * 1024, 7);
+    let remote = format!("{}/big.bin", dir.path);
+    ssh.upload(data.as_slice(), &remote, 0o600, |_| {}).unwrap();
+    let mut reader = ssh.open_read(&remote).unwrap();
+    let mut head = vec![0u8; 100_000];
+    reader.read_exact(&mut head).unwrap();
+    assert!(head == data[..100_000]);
+    drop(reader);
+    // The session is still usable afterwards.
+    assert_eq!(ssh.file_size(&remote).unwrap(), data.len() as u64);
 }

@@ -79,6 +79,15 @@ pub const CONFIG_MAX_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_SSH_PORT: u16 = 22;
 /// Default SSH connect timeout.
 pub const DEFAULT_SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default `[ssh] streams`: SSH connections one large transfer is spread over. One libssh2
+/// connection is bound by one core's encryption on a fast link; two roughly use a laptop's
+/// second core without asking much of the login node (docs/performance.md).
+pub const DEFAULT_SSH_STREAMS: usize = 2;
+
+/// Largest accepted `[ssh] streams`: login nodes limit unauthenticated connections
+/// (OpenSSH `MaxStartups` defaults to 10).
+pub const MAX_SSH_STREAMS: usize = 8;
 /// Default timeout of each HTTP request to the HPCS server or Vault.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default JWT-SVID audience of the HPCS server.
@@ -322,6 +331,8 @@ pub struct RawSsh {
     pub accept_new_host_keys: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Option<String>,
+    /// Connections per large transfer.
+    pub streams: Option<String>,
 }
 
 /// Raw `[spire-agent]` (all three configs).
@@ -1320,6 +1331,9 @@ pub struct SshConfig {
     pub accept_new_host_keys: bool,
     /// `connect-timeout`, default [`DEFAULT_SSH_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// `streams`, default [`DEFAULT_SSH_STREAMS`], at most [`MAX_SSH_STREAMS`]: SSH connections
+    /// an upload or download of at least 8 MiB is spread over (1 turns this off).
+    pub streams: usize,
 }
 
 impl Default for SshConfig {
@@ -1330,6 +1344,7 @@ impl Default for SshConfig {
             port: DEFAULT_SSH_PORT,
             accept_new_host_keys: false,
             connect_timeout: DEFAULT_SSH_CONNECT_TIMEOUT,
+            streams: DEFAULT_SSH_STREAMS,
         }
     }
 }
@@ -1433,6 +1448,14 @@ impl TryFrom<RawIni<RawClientConfig>> for ClientConfig {
                     connect_timeout: s
                         .duration("connect-timeout", &r.connect_timeout)?
                         .unwrap_or(DEFAULT_SSH_CONNECT_TIMEOUT),
+                    streams: s
+                        .with("streams", &r.streams, |v| match v.parse::<usize>() {
+                            Ok(n) if (1..=MAX_SSH_STREAMS).contains(&n) => Ok(n),
+                            _ => Err(format!(
+                                "a number of connections from 1 to {MAX_SSH_STREAMS}"
+                            )),
+                        })?
+                        .unwrap_or(DEFAULT_SSH_STREAMS),
                 }
             }
         };
@@ -2082,6 +2105,7 @@ known-hosts = /etc/ssh/known
 port = 2222
 accept-new-host-keys = yes
 connect-timeout = 1500ms
+streams = 4
 
 [spire-agent]
 socket-path = unix:/tmp/agent.sock
@@ -2107,6 +2131,7 @@ identity-file = \"\"
         assert_eq!(c.ssh.port, 2222);
         assert!(c.ssh.accept_new_host_keys);
         assert_eq!(c.ssh.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.ssh.streams, 4);
         assert_eq!(
             c.spire_agent.unwrap().socket_path,
             PathBuf::from("/tmp/agent.sock")
@@ -2227,6 +2252,8 @@ identity-file = \"\"
         "test.ini:13: unknown key `adress` in [supercomputer]; did you mean `address`? expected one of `address`, `username`"
     )]
     #[case::underscore_dup(format!("{HPCS_CLIENT}[ssh]\nconnect_timeout = 3s\nConnect-Timeout = 4s\n"), "test.ini:17: duplicate key `connect-timeout` in [ssh] (first on line 16)")]
+    #[case::no_streams(format!("{HPCS_CLIENT}[ssh]\nstreams = 0\n"), "streams")]
+    #[case::too_many_streams(format!("{HPCS_CLIENT}[ssh]\nstreams = 9\n"), "a number of connections from 1 to 8")]
     #[case::typo_key(format!("{HPCS_CLIENT}[ssh]\nconect_timeout = 3s\n"), "unknown key `conect-timeout` in [ssh]; did you mean `connect-timeout`?")]
     #[case::duplicate_key(
         with_line(HPCS_CLIENT, "vault", "url = http://x"),
