@@ -45,8 +45,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
     /// Run a private devspire with its state on tmpfs (/dev/shm) instead of the stack's: the
-    /// stack's devspire rewrites and fsyncs its whole entry file on every change, which bounds
-    /// any client of it at a few dozen writes per second.
+    /// stack's devspire is a debug build whose entry file (rewritten and fsynced whole on every
+    /// commit) also holds every other test's entries, on disk.
     #[arg(long)]
     private_devspire: bool,
     /// The devspire binary for --private-devspire (default: the stack's).
