@@ -1,22 +1,23 @@
-//! The pipeline shared by container-prep and data-prep: encrypt, register, write the key, ship,
-//! and on any failure after registration, revoke.
+//! The pipeline shared by container-prep and data-prep: encrypt and upload, register, write the
+//! key, publish, and on any failure after registration, revoke.
 //!
-//! 1. [`encrypt_to_spool`]: the plaintext stream is encrypted with a fresh age X25519 identity
-//!    into a ciphertext spool file (mode 0600, in a private temp dir) while the ciphertext is
-//!    hashed. Plaintext never touches the disk; only ciphertext is spooled, because its digest
-//!    and size must be known before the key record is written.
-//! 2. [`Pipeline::run`]: the destination is checked first (SSH host key, login, remote
-//!    directory), so a wrong host key or a bad path aborts before anything is registered. Then
-//!    a JWT-SVID is fetched, the secret registered, the key record written with the single-use
-//!    credential, the ciphertext and the info file shipped and verified remotely. Any failure
-//!    after the registration revokes the secret (with a fresh JWT-SVID) so no orphan remains.
+//! 1. [`Pipeline::check_destination`]: SSH host key, login, remote directory, `sha256sum`; a
+//!    wrong host key or a bad path aborts before anything is encrypted or registered.
+//! 2. [`stage`]: the plaintext stream is encrypted with a fresh age X25519 identity straight
+//!    into an upload (through a pipe: encryption and upload overlap, and nothing is written on
+//!    the local disk), hashing the ciphertext on the way. The upload goes to a hidden staging
+//!    name next to the final one; its size and SHA-256 are then checked remotely. Nothing is
+//!    registered yet: any failure here removes the staged file.
+//! 3. [`Pipeline::run`]: a JWT-SVID is fetched, the secret registered, the key record (with the
+//!    digest and size just measured) written with the single-use credential, then the staged
+//!    ciphertext renamed to its final name and the info file written. Any failure after the
+//!    registration revokes the secret (with a fresh JWT-SVID) and removes the files, so no
+//!    orphan remains.
 //!
 //! The destination is a trait ([`Destination`]); [`SshDestination`] is the real one.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hpcs_core::api::{CreateSecretRequest, CreateSecretResponse, Readers};
@@ -41,15 +42,16 @@ pub const REMOTE_DIR_MODE: u32 = 0o700;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PrepareError {
-    /// The spool file for the ciphertext could not be created.
-    #[error("failed to create a ciphertext spool file in {dir}")]
-    Spool {
-        /// Directory.
-        dir: PathBuf,
-        /// Cause.
+    /// The staging name next to the ciphertext is not a valid remote path.
+    #[error("invalid staging path in the remote directory")]
+    StagingPath {
+        /// Why.
         #[source]
-        source: std::io::Error,
+        source: hpcs_core::ids::IdError,
     },
+    /// The pipe between encryption and upload could not be made.
+    #[error("failed to create a pipe for the ciphertext")]
+    Pipe(#[source] std::io::Error),
     /// Encryption failed (including reading the plaintext).
     #[error("failed to encrypt {what}")]
     Encrypt {
@@ -159,15 +161,6 @@ pub enum ShipError {
     /// SSH failed.
     #[error("ssh failed")]
     Ssh(#[from] SshError),
-    /// The local spool could not be read.
-    #[error("failed to read the ciphertext spool {path}")]
-    ReadSpool {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The remote copy differs from what was sent.
     #[error(
         "remote file {path} does not match: {actual_size} bytes sha256 {actual_sha256}, expected {expected_size} bytes sha256 {expected_sha256}"
@@ -192,34 +185,34 @@ pub enum ShipError {
     },
 }
 
-/// An encrypted artefact waiting in the spool: the identity that decrypts it lives only in
-/// memory and is wiped when this is dropped.
-pub struct Encrypted {
+/// An encrypted artefact uploaded to its staging name and verified there, not yet registered:
+/// the identity that decrypts it lives only in memory and is wiped when this is dropped.
+pub struct Staged {
     identity: AgeIdentity,
     summary: CipherSummary,
-    spool: tempfile::NamedTempFile,
+    path: RemotePath,
 }
 
-impl std::fmt::Debug for Encrypted {
+impl std::fmt::Debug for Staged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encrypted")
+        f.debug_struct("Staged")
             .field("summary", &self.summary)
-            .field("spool", &self.spool.path())
+            .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-impl Encrypted {
+impl Staged {
     /// Digest and size of the ciphertext.
     #[must_use]
     pub fn summary(&self) -> &CipherSummary {
         &self.summary
     }
 
-    /// The spool file holding the ciphertext.
+    /// The remote staging name.
     #[must_use]
-    pub fn spool_path(&self) -> &Path {
-        self.spool.path()
+    pub fn path(&self) -> &RemotePath {
+        &self.path
     }
 
     /// The identity that decrypts the ciphertext.
@@ -229,37 +222,108 @@ impl Encrypted {
     }
 }
 
-/// Encrypts `plaintext` with a fresh identity into a spool file in `spool_dir`, hashing the
-/// ciphertext. Blocking: run it with `spawn_blocking`. `what` names the input in errors.
+/// Encrypts `plaintext` with a fresh identity straight into an upload to a staging name in the
+/// plan's remote directory, then checks the staged file's size and SHA-256 remotely. Blocking:
+/// run it with `spawn_blocking`. `what` names the input in errors; `progress` gets the bytes
+/// uploaded so far. On error nothing is left under the staging name (as far as the connection
+/// allows) and nothing was registered.
 ///
 /// # Errors
 ///
-/// [`PrepareError::Spool`], [`PrepareError::Encrypt`].
-pub fn encrypt_to_spool<R: Read>(
+/// [`PrepareError::StagingPath`], [`PrepareError::Pipe`], [`PrepareError::Encrypt`],
+/// [`PrepareError::Ship`].
+pub fn stage<R: Read + Send>(
+    dest: &dyn Destination,
+    plan: &Plan,
     plaintext: R,
-    spool_dir: &Path,
     what: &str,
-) -> Result<Encrypted, PrepareError> {
-    let spool = tempfile::Builder::new()
-        .prefix(".hpcs-spool-")
-        .suffix(".age")
-        .tempfile_in(spool_dir)
-        .map_err(|source| PrepareError::Spool {
-            dir: spool_dir.to_owned(),
-            source,
-        })?;
+    progress: &mut dyn FnMut(u64),
+) -> Result<Staged, PrepareError> {
+    let path = plan
+        .staged_remote()
+        .map_err(|source| PrepareError::StagingPath { source })?;
+    let ship_err = |source| PrepareError::Ship {
+        dest: dest.describe(),
+        source: Box::new(source),
+    };
     let identity = AgeIdentity::generate();
-    let summary = hpcs_core::crypto::encrypt(plaintext, spool.as_file(), &[identity.to_public()])
-        .map_err(|source| PrepareError::Encrypt {
+    let recipient = identity.to_public();
+    let (reader, writer) = std::io::pipe().map_err(PrepareError::Pipe)?;
+    let (encrypted, uploaded) = std::thread::scope(|s| {
+        let encrypt = s.spawn(move || {
+            // Dropping the writer at the end is the upload's end of file.
+            let mut writer = writer;
+            hpcs_core::crypto::encrypt(plaintext, &mut writer, &[recipient])
+        });
+        let uploaded = {
+            // Dropped right after the upload, so a failed upload stops the encryption (its
+            // next write fails) instead of leaving it blocked on a full pipe.
+            let mut reader = reader;
+            dest.upload(&mut reader, &path, progress)
+        };
+        (encrypt.join(), uploaded)
+    });
+    let encrypt_err = |source| PrepareError::Encrypt {
         what: what.to_owned(),
         source: Box::new(source),
-    })?;
-    tracing::debug!(size = summary.size, sha256 = %summary.sha256, "encrypted");
-    Ok(Encrypted {
+    };
+    let summary = match (encrypted, uploaded) {
+        (Ok(Ok(summary)), Ok(())) => summary,
+        // The upload failed first: encryption then stopped writing into a closed pipe.
+        (Ok(Err(hpcs_core::crypto::CryptoError::WriteCiphertext { .. }) | Ok(_)), Err(e)) => {
+            return Err(ship_err(e));
+        }
+        (Ok(Err(e)), uploaded) => {
+            if uploaded.is_ok() {
+                dest.discard(&[&path]);
+            }
+            return Err(encrypt_err(e));
+        }
+        (Err(panic), _) => {
+            dest.discard(&[&path]);
+            std::panic::resume_unwind(panic);
+        }
+    };
+    if let Err(e) = dest.verify(&path, &summary) {
+        dest.discard(&[&path]);
+        return Err(ship_err(e));
+    }
+    Ok(Staged {
         identity,
         summary,
-        spool,
+        path,
     })
+}
+
+/// A byte counter for [`stage`] on stderr: a bar when `len` (a size estimate) is known, a
+/// running count otherwise; hidden with `quiet` (`--json`) and when stderr is not a terminal.
+#[must_use]
+pub fn progress_bar(len: Option<u64>, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match len {
+        Some(len) => (
+            indicatif::ProgressBar::new(len),
+            "encrypting and uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        ),
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "encrypting and uploading {bytes} {binary_bytes_per_sec} {elapsed}",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Removes a staged artefact that will not be registered (best effort). Blocking.
+pub fn discard(dest: &dyn Destination, staged: Staged) {
+    let Staged { identity, path, .. } = staged;
+    // Wiped now: nothing will ever be registered for it.
+    drop(identity);
+    dest.discard(&[&path]);
 }
 
 /// Where the artefact goes and who may read it.
@@ -296,6 +360,26 @@ impl Plan {
     pub fn info_remote(&self) -> Result<RemotePath, hpcs_core::ids::IdError> {
         self.remote_dir
             .join(&info::info_file_name(&self.name).parse()?)
+    }
+
+    /// A hidden staging name for the ciphertext next to its final name, unique to this run
+    /// (process ID and clock), so concurrent runs for the same name do not meet.
+    ///
+    /// # Errors
+    ///
+    /// An [`hpcs_core::ids::IdError`] if the joined path is invalid.
+    pub fn staged_remote(&self) -> Result<RemotePath, hpcs_core::ids::IdError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Hidden, so not an artefact name: joined by hand and checked as a remote path.
+        let dir = self.remote_dir.as_str().trim_end_matches('/');
+        format!(
+            "{dir}/.{}.{}.{nanos:x}.staged",
+            info::ciphertext_file_name(&self.name),
+            std::process::id()
+        )
+        .parse()
     }
 
     fn api_kind(&self) -> hpcs_core::api::ArtefactKind {
@@ -345,22 +429,42 @@ pub trait Destination: Send + Sync {
     /// [`ShipError`].
     fn check(&self, dir: &RemotePath) -> Result<(), ShipError>;
 
-    /// Uploads the ciphertext and then the info file (each to a temporary name, then renamed),
-    /// and verifies the remote ciphertext's size and digest. On failure nothing is left under
-    /// the final names.
+    /// Uploads everything `ciphertext` yields to `staged` (to a temporary name first, then
+    /// renamed, so `staged` never holds a partial file).
     ///
     /// # Errors
     ///
     /// [`ShipError`].
-    fn ship(
+    fn upload(
         &self,
-        spool: &Path,
-        expected: &CipherSummary,
+        ciphertext: &mut dyn Read,
+        staged: &RemotePath,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), ShipError>;
+
+    /// Checks the remote file's size and SHA-256 against `expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`ShipError::Mismatch`], or what the check itself hit.
+    fn verify(&self, staged: &RemotePath, expected: &CipherSummary) -> Result<(), ShipError>;
+
+    /// Renames the staged ciphertext to `ciphertext`, then writes the info file (to a
+    /// temporary name, then renamed). On failure nothing is left under either final name.
+    ///
+    /// # Errors
+    ///
+    /// [`ShipError`].
+    fn publish(
+        &self,
+        staged: &RemotePath,
         ciphertext: &RemotePath,
         info_yaml: &[u8],
         info_path: &RemotePath,
-        progress: &mut dyn FnMut(u64),
     ) -> Result<(), ShipError>;
+
+    /// Removes `paths` (best effort: a dead connection can leave them).
+    fn discard(&self, paths: &[&RemotePath]);
 }
 
 /// Shipping over SSH/SFTP (strict host keys, atomic uploads, remote sha256 check).
@@ -396,41 +500,67 @@ impl Destination for SshDestination {
         Ok(())
     }
 
-    fn ship(
+    fn upload(
         &self,
-        spool: &Path,
-        expected: &CipherSummary,
-        ciphertext: &RemotePath,
-        info_yaml: &[u8],
-        info_path: &RemotePath,
+        ciphertext: &mut dyn Read,
+        staged: &RemotePath,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), ShipError> {
         let session = SshSession::connect(&self.target)?;
-        let file = File::open(spool).map_err(|source| ShipError::ReadSpool {
-            path: spool.to_owned(),
-            source,
-        })?;
-        session.upload(file, ciphertext.as_str(), REMOTE_FILE_MODE, progress)?;
-        let verified = (|| {
-            let size = session.file_size(ciphertext.as_str())?;
-            let sha = session.sha256(ciphertext.as_str())?;
-            if size != expected.size || sha != expected.sha256 {
-                return Err(ShipError::Mismatch {
-                    path: ciphertext.to_string(),
-                    actual_size: size,
-                    actual_sha256: sha.to_string(),
-                    expected_size: expected.size,
-                    expected_sha256: expected.sha256.to_string(),
-                });
-            }
-            session.upload(info_yaml, info_path.as_str(), REMOTE_FILE_MODE, |_| {})?;
-            Ok(())
-        })();
-        if verified.is_err() {
-            // Leave nothing behind that names a secret about to be revoked.
-            let _ = session.exec(&["rm", "-f", "--", ciphertext.as_str(), info_path.as_str()]);
+        session.upload(ciphertext, staged.as_str(), REMOTE_FILE_MODE, progress)?;
+        Ok(())
+    }
+
+    fn verify(&self, staged: &RemotePath, expected: &CipherSummary) -> Result<(), ShipError> {
+        let session = SshSession::connect(&self.target)?;
+        let size = session.file_size(staged.as_str())?;
+        let sha = session.sha256(staged.as_str())?;
+        if size != expected.size || sha != expected.sha256 {
+            return Err(ShipError::Mismatch {
+                path: staged.to_string(),
+                actual_size: size,
+                actual_sha256: sha.to_string(),
+                expected_size: expected.size,
+                expected_sha256: expected.sha256.to_string(),
+            });
         }
-        verified
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        staged: &RemotePath,
+        ciphertext: &RemotePath,
+        info_yaml: &[u8],
+        info_path: &RemotePath,
+    ) -> Result<(), ShipError> {
+        let session = SshSession::connect(&self.target)?;
+        // rename(2) through `mv -T`: atomic, and replaces an older artefact of the name.
+        let argv = ["mv", "-f", "-T", "--", staged.as_str(), ciphertext.as_str()];
+        if let Err(e) = session.exec_ok(&argv) {
+            let _ = session.exec(&["rm", "-f", "--", staged.as_str()]);
+            return Err(e.into());
+        }
+        let info = session.upload(info_yaml, info_path.as_str(), REMOTE_FILE_MODE, |_| {});
+        if let Err(e) = info {
+            // Leave nothing behind that names a secret about to be revoked (an older info
+            // file would describe another ciphertext).
+            let _ = session.exec(&["rm", "-f", "--", ciphertext.as_str(), info_path.as_str()]);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn discard(&self, paths: &[&RemotePath]) {
+        let removed = SshSession::connect(&self.target).and_then(|session| {
+            let mut argv = vec!["rm", "-f", "--"];
+            argv.extend(paths.iter().map(|p| p.as_str()));
+            session.exec_ok(&argv)
+        });
+        if let Err(e) = removed {
+            let paths: Vec<_> = paths.iter().map(ToString::to_string).collect();
+            tracing::warn!(error = %e, ?paths, "could not remove staged files");
+        }
     }
 }
 
@@ -542,19 +672,38 @@ impl Pipeline {
             })
     }
 
-    /// Registers, writes the key, ships; revokes on any failure after the registration.
-    /// The destination should have been checked with [`Pipeline::check_destination`].
+    /// Registers `staged`, writes its key, publishes it; removes the staged file when the
+    /// registration fails, and revokes the secret (and removes the files) on any failure
+    /// after it. `staged` comes from [`stage`] with this pipeline's destination.
     ///
     /// # Errors
     ///
     /// [`PrepareError`]; after registration always [`PrepareError::RolledBack`] or
     /// [`PrepareError::RevokeFailed`].
-    pub async fn run(
-        &self,
-        plan: &Plan,
-        encrypted: Encrypted,
-        progress: Box<dyn FnMut(u64) + Send>,
-    ) -> Result<Outcome, PrepareError> {
+    pub async fn run(&self, plan: &Plan, staged: Staged) -> Result<Outcome, PrepareError> {
+        let registered = self.register(plan).await;
+        let created = match registered {
+            Ok(created) => created,
+            Err(e) => {
+                self.discard(staged).await;
+                return Err(e);
+            }
+        };
+        let id = created.secret.id.clone();
+        tracing::info!(secret_id = %id, "registered");
+        match self.after_registration(plan, &created, staged).await {
+            Ok(outcome) => Ok(outcome),
+            Err(failure) => Err(self.revoke(&id, failure).await),
+        }
+    }
+
+    /// Removes a staged artefact that will not be registered (best effort).
+    pub async fn discard(&self, staged: Staged) {
+        let dest = Arc::clone(&self.destination);
+        let _ = tokio::task::spawn_blocking(move || discard(&*dest, staged)).await;
+    }
+
+    async fn register(&self, plan: &Plan) -> Result<CreateSecretResponse, PrepareError> {
         let me = self
             .services
             .identity
@@ -568,30 +717,32 @@ impl Pipeline {
             compute_nodes: plan.compute_nodes.clone(),
             expires_at: None,
         };
-        let created = self
-            .services
+        self.services
             .server
             .create_secret(&me.token, &request)
             .await
-            .map_err(|source| PrepareError::Register { source })?;
-        drop(me);
-        let id = created.secret.id.clone();
-        tracing::info!(secret_id = %id, "registered");
-        match self
-            .after_registration(plan, &created, encrypted, progress)
-            .await
-        {
-            Ok(outcome) => Ok(outcome),
-            Err(failure) => Err(self.revoke(&id, failure).await),
-        }
+            .map_err(|source| PrepareError::Register { source })
     }
 
     async fn after_registration(
         &self,
         plan: &Plan,
         created: &CreateSecretResponse,
-        encrypted: Encrypted,
-        mut progress: Box<dyn FnMut(u64) + Send>,
+        staged: Staged,
+    ) -> Result<Outcome, PrepareError> {
+        let result = self.register_key_and_publish(plan, created, &staged).await;
+        if result.is_err() {
+            // `publish` cleans up after itself; before it, the staged file is all there is.
+            self.discard(staged).await;
+        }
+        result
+    }
+
+    async fn register_key_and_publish(
+        &self,
+        plan: &Plan,
+        created: &CreateSecretResponse,
+        staged: &Staged,
     ) -> Result<Outcome, PrepareError> {
         let secret = &created.secret;
         let bad = |what: String| PrepareError::BadAnswer { what };
@@ -613,7 +764,7 @@ impl Pipeline {
         let info_path = plan
             .info_remote()
             .map_err(|e| bad(format!("remote path: {e}")))?;
-        let summary = *encrypted.summary();
+        let summary = *staged.summary();
         let info = InfoFile {
             name: plan.name.clone(),
             kind: plan.kind.clone(),
@@ -635,7 +786,7 @@ impl Pipeline {
             .vault
             .write(
                 cred,
-                encrypted.identity(),
+                staged.identity(),
                 &KeyRecordMeta {
                     ciphertext: summary,
                     kind: plan.api_kind(),
@@ -644,27 +795,14 @@ impl Pipeline {
             )
             .await
             .map_err(|source| PrepareError::WriteKey { source })?;
-        // The key is in Vault; wipe our copy before the long upload.
-        let Encrypted {
-            identity, spool, ..
-        } = encrypted;
-        drop(identity);
-
         let dest = Arc::clone(&self.destination);
-        let (ct, ip) = (ciphertext.clone(), info_path.clone());
+        let (staged_path, ct, ip) = (staged.path.clone(), ciphertext.clone(), info_path.clone());
         let shipped = tokio::task::spawn_blocking(move || {
-            dest.ship(
-                spool.path(),
-                &summary,
-                &ct,
-                yaml.as_bytes(),
-                &ip,
-                &mut *progress,
-            )
+            dest.publish(&staged_path, &ct, yaml.as_bytes(), &ip)
         })
         .await
         .map_err(|source| PrepareError::Task {
-            what: "shipping",
+            what: "publishing",
             source,
         })?;
         shipped.map_err(|source| PrepareError::Ship {
@@ -747,23 +885,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spool_holds_ciphertext_that_decrypts() {
-        let dir = tempfile::tempdir().unwrap();
-        let plain = b"hello hpcs".repeat(1000);
-        let enc = encrypt_to_spool(&plain[..], dir.path(), "test input").unwrap();
-        let bytes = std::fs::read(enc.spool_path()).unwrap();
-        assert_eq!(bytes.len() as u64, enc.summary().size);
-        assert!(!bytes.windows(10).any(|w| w == b"hello hpcs"));
-        let mut out = Vec::new();
-        hpcs_core::crypto::decrypt(&bytes[..], &mut out, enc.identity(), Some(enc.summary()))
-            .unwrap();
-        assert_eq!(out, plain);
-        let path = enc.spool_path().to_owned();
-        drop(enc);
-        assert!(!path.exists(), "the spool is removed with the value");
-    }
-
-    #[test]
     fn remote_paths_follow_the_name() {
         let plan = Plan {
             name: "jp2a".parse().unwrap(),
@@ -779,6 +900,17 @@ mod tests {
         assert_eq!(
             plan.info_remote().unwrap().as_str(),
             "/scratch/alice/jp2a.info.yaml"
+        );
+        let staged = plan.staged_remote().unwrap();
+        let name = staged.as_str().strip_prefix("/scratch/alice/").unwrap();
+        assert!(
+            name.starts_with(".jp2a.age.") && name.ends_with(".staged") && !name.contains('/'),
+            "{name}"
+        );
+        assert_ne!(
+            plan.staged_remote().unwrap(),
+            staged,
+            "two runs share a name"
         );
     }
 }

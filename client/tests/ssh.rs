@@ -384,3 +384,118 @@ fn a_parallel_download_can_be_abandoned() {
     // The session is still usable afterwards.
     assert_eq!(ssh.file_size(&remote).unwrap(), data.len() as u64);
 }
+
+fn staging_plan(dir: &RemoteDir<'_>, name: &str) -> hpcs_client::prepare::Plan {
+    hpcs_client::prepare::Plan {
+        name: name.parse().expect("a valid artefact name"),
+        kind: hpcs_core::info::ArtefactKind::Data,
+        readers: hpcs_core::api::Readers::default(),
+        compute_nodes: std::collections::BTreeSet::new(),
+        remote_dir: dir.path.parse().expect("a valid remote directory"),
+    }
+}
+
+/// `prepare::stage` encrypts straight into the upload: the staged file is hidden, holds the
+/// ciphertext of exactly the input (over two connections for this size), and matches the
+/// digest and size it reports.
+#[test]
+fn staging_encrypts_into_the_upload() {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let target = alice(&stack);
+    let ssh = SshSession::connect(&target).unwrap();
+    let dir = RemoteDir::new(&ssh);
+    let dest = hpcs_client::prepare::SshDestination::new(target);
+    let plain = hpcs_test_support::incompressible(9 * 1024 * 1024 + 17, 3);
+    let mut seen = 0u64;
+    let staged = hpcs_client::prepare::stage(
+        &dest,
+        &staging_plan(&dir, "staged"),
+        plain.as_slice(),
+        "test input",
+        &mut |n| seen = n,
+    )
+    .unwrap();
+    let name = staged
+        .path()
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        name.starts_with(".staged.age.") && name.ends_with(".staged"),
+        "{name}"
+    );
+    assert_eq!(seen, staged.summary().size);
+    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+    assert_eq!(
+        listing.stdout_text(),
+        format!("{name}\n"),
+        "only the staged file"
+    );
+    let mut ct = Vec::new();
+    ssh.download(staged.path().as_str(), &mut ct).unwrap();
+    let mut back = Vec::new();
+    hpcs_core::crypto::decrypt(
+        &ct[..],
+        &mut back,
+        staged.identity(),
+        Some(staged.summary()),
+    )
+    .unwrap();
+    assert!(
+        back == plain,
+        "the staged ciphertext does not decrypt to the input"
+    );
+    hpcs_client::prepare::discard(&dest, staged);
+    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+    assert_eq!(listing.stdout_text(), "", "discard left files");
+}
+
+/// A source that fails part-way fails the staging with an error naming the input, and leaves
+/// nothing remote: the upload saw a short stream, the staged file is removed.
+#[test]
+fn a_failing_source_stages_nothing() {
+    struct Failing(usize);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("the disk went away"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let target = alice(&stack);
+    let ssh = SshSession::connect(&target).unwrap();
+    let dir = RemoteDir::new(&ssh);
+    let dest = hpcs_client::prepare::SshDestination::new(target);
+    let err = hpcs_client::prepare::stage(
+        &dest,
+        &staging_plan(&dir, "broken"),
+        Failing(10 * 1024 * 1024),
+        "the test input",
+        &mut |_| {},
+    )
+    .unwrap_err();
+    let text = format!("{err}");
+    assert!(text.contains("the test input"), "{text}");
+    assert!(
+        matches!(err, hpcs_client::prepare::PrepareError::Encrypt { .. }),
+        "{err:?}"
+    );
+    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+    assert_eq!(
+        listing.stdout_text(),
+        "",
+        "left remote: {}",
+        listing.stdout_text()
+    );
+}

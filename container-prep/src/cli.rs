@@ -66,10 +66,6 @@ pub struct Cli {
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
 
-    /// Directory for the ciphertext spool (ciphertext only; default: the system temp dir).
-    #[arg(long, env = "HPCS_SPOOL_DIR", value_name = "DIR")]
-    pub spool_dir: Option<PathBuf>,
-
     /// Record an unknown SSH host key in known_hosts instead of refusing it (a changed key is
     /// always refused).
     #[arg(long)]

@@ -91,8 +91,6 @@ fn run_tool(
         .args(["--name", name, "-u", "alice", "-c", "node1", "--json"])
         .arg("--data-path-at-rest")
         .arg(&env.remote)
-        .arg("--spool-dir")
-        .arg(&env.dir)
         .output()
         .unwrap()
 }
@@ -160,6 +158,13 @@ async fn prepares_an_image_archive_and_aborts_on_a_changed_host_key() {
         "decrypted image differs from docker save"
     );
     assert_eq!(secrets_of_alice(&stack, &server).await, 1);
+    // The staged upload was renamed into place: the two final files are all there is.
+    let mut names: Vec<_> = std::fs::read_dir(&env.remote)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["img.age", "img.info.yaml"]);
 
     // A known_hosts entry with another key for the host: abort before registering or uploading.
     let other = env.dir.join("other_key");

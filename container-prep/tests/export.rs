@@ -1,10 +1,10 @@
 //! The image export stream against the test stack's real dockerd: what the encryptor sees is
-//! exactly what `docker save` writes, and the spool decrypts back to it.
+//! exactly what `docker save` writes, and its ciphertext decrypts back to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use container_prep::image::{Engine, archive_meta};
-use hpcs_client::prepare::encrypt_to_spool;
+use hpcs_core::secret::AgeIdentity;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_encrypts_to_the_docker_save_bytes() {
@@ -24,17 +24,20 @@ async fn export_encrypts_to_the_docker_save_bytes() {
         String::from_utf8_lossy(&saved.stderr)
     );
 
-    let spool = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
     let reader = engine.export(&stack.test_image);
-    let dir = spool.path().to_owned();
-    let enc = tokio::task::spawn_blocking(move || encrypt_to_spool(reader, &dir, "test image"))
-        .await
-        .unwrap()
-        .unwrap();
-    let ct = std::fs::read(enc.spool_path()).unwrap();
-    assert_eq!(ct.len() as u64, enc.summary().size);
+    let identity = AgeIdentity::generate();
+    let recipient = identity.to_public();
+    let (ct, summary) = tokio::task::spawn_blocking(move || {
+        let mut ct = Vec::new();
+        let summary = hpcs_core::crypto::encrypt(reader, &mut ct, &[recipient]).unwrap();
+        (ct, summary)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ct.len() as u64, summary.size);
     let mut plain = Vec::new();
-    hpcs_core::crypto::decrypt(&ct[..], &mut plain, enc.identity(), Some(enc.summary())).unwrap();
+    hpcs_core::crypto::decrypt(&ct[..], &mut plain, &identity, Some(&summary)).unwrap();
     assert_eq!(plain.len(), saved.stdout.len());
     assert!(
         plain == saved.stdout,
@@ -42,7 +45,7 @@ async fn export_encrypts_to_the_docker_save_bytes() {
     );
 
     // The archive reader finds the same image ID as the engine.
-    let archive = spool.path().join("saved.tar");
+    let archive = work.path().join("saved.tar");
     std::fs::write(&archive, &saved.stdout).unwrap();
     let from_archive = archive_meta(&archive).unwrap();
     assert_eq!(from_archive.digest, meta.digest);

@@ -59,10 +59,6 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub name: Option<ArtefactName>,
 
-    /// Directory for the ciphertext spool (ciphertext only; default: the system temp dir).
-    #[arg(long, env = "HPCS_SPOOL_DIR", value_name = "DIR")]
-    pub spool_dir: Option<PathBuf>,
-
     /// Record an unknown SSH host key in known_hosts instead of refusing it (a changed key is
     /// always refused).
     #[arg(long)]

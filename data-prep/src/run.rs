@@ -1,7 +1,9 @@
-//! One run of data-prep: check the tree, plan, check the destination, encrypt the tar stream,
-//! then register, write the key and ship (see `hpcs_client::prepare`).
+//! One run of data-prep: check the tree, plan, check the destination, encrypt the tar stream
+//! straight into the upload, then register, write the key and publish (see
+//! `hpcs_client::prepare`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use hpcs_client::prepare::{self, Outcome, Pipeline, Plan};
@@ -70,7 +72,6 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     let config = hpcs_core::config::load_client(&cli.config)
         .context("cannot load the client config")
         .map_err(usage)?;
-    let spool_dir = cli.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     let pipeline = Pipeline::from_config(&config, cli.username.as_ref(), cli.accept_new_host_key)
         .context("cannot set up the clients")
         .map_err(usage)?;
@@ -138,28 +139,32 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         .map_err(failed)?;
 
     let what = format!("directory {}", dir.display());
-    let encrypted = tokio::task::spawn_blocking(move || {
+    let bar = prepare::progress_bar(None, cli.json);
+    let tick = bar.clone();
+    let dest = Arc::clone(&pipeline.destination);
+    let staging = plan.clone();
+    let staged = tokio::task::spawn_blocking(move || {
         let mut stream = TarStream::start(dir);
-        let enc = prepare::encrypt_to_spool(&mut stream, &spool_dir, &what);
+        let staged = prepare::stage(&*dest, &staging, &mut stream, &what, &mut |n| {
+            tick.set_position(n);
+        });
         let packed = stream.finish();
-        match (enc, packed) {
-            (Ok(e), Ok(_)) => Ok(e),
+        match (staged, packed) {
+            (Ok(s), Ok(_)) => Ok(s),
             (Err(e), _) => Err(anyhow::Error::new(e)),
-            (Ok(_), Err(e)) => Err(anyhow::Error::new(e).context(format!("cannot pack {what}"))),
+            (Ok(s), Err(e)) => {
+                // The archive is incomplete: its staged ciphertext must not be registered.
+                prepare::discard(&*dest, s);
+                Err(anyhow::Error::new(e).context(format!("cannot pack {what}")))
+            }
         }
     })
     .await
     .context("encryption task failed")
-    .map_err(failed)?
-    .context("nothing was registered")
     .map_err(failed)?;
-
-    let bar = progress_bar(encrypted.summary().size, cli.json);
-    let tick = bar.clone();
-    let outcome = pipeline
-        .run(&plan, encrypted, Box::new(move |n| tick.set_position(n)))
-        .await;
     bar.finish_and_clear();
+    let staged = staged.context("nothing was registered").map_err(failed)?;
+    let outcome = pipeline.run(&plan, staged).await;
     match outcome {
         Ok(o) => Ok(Report::Prepared(o)),
         Err(e) => Err(Failure {
@@ -171,19 +176,6 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
             error: anyhow::Error::new(e),
         }),
     }
-}
-
-fn progress_bar(len: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 /// Human-readable lines for a report.

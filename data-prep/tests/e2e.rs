@@ -91,8 +91,6 @@ fn data_prep(
         .args(["--name", name, "-u", "alice", "-c", "node1", "--json"])
         .arg("--data-path-at-rest")
         .arg(&env.remote)
-        .arg("--spool-dir")
-        .arg(&env.dir)
         .output()
         .unwrap()
 }
@@ -256,5 +254,11 @@ async fn a_vault_failure_revokes_the_registered_secret() {
         "no orphan secret"
     );
     assert!(!env.remote.join("novault.age").exists());
+    // The ciphertext went up before the registration; the failure removed it again.
+    let left: Vec<_> = std::fs::read_dir(&env.remote)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left at rest: {left:?}");
     server.stop().await;
 }
