@@ -5,6 +5,7 @@ use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
+use hpcs_client::prepare::SshDestination;
 use hpcs_client::ssh::{SshError, SshSession, SshTarget, shell_join};
 use hpcs_test_support::{Stack, ns};
 
@@ -385,6 +386,17 @@ fn a_parallel_download_can_be_abandoned() {
     assert_eq!(ssh.file_size(&remote).unwrap(), data.len() as u64);
 }
 
+/// Runs `test` with a session as alice, a remote scratch directory and an SSH destination.
+fn with_staging(test: impl FnOnce(&SshSession, &RemoteDir<'_>, &SshDestination)) {
+    let Some(stack) = Stack::load_or_skip() else {
+        return;
+    };
+    let target = alice(&stack);
+    let ssh = SshSession::connect(&target).expect("connect as alice");
+    let dir = RemoteDir::new(&ssh);
+    test(&ssh, &dir, &SshDestination::new(target));
+}
+
 fn staging_plan(dir: &RemoteDir<'_>, name: &str) -> hpcs_client::prepare::Plan {
     hpcs_client::prepare::Plan {
         name: name.parse().expect("a valid artefact name"),
@@ -400,58 +412,53 @@ fn staging_plan(dir: &RemoteDir<'_>, name: &str) -> hpcs_client::prepare::Plan {
 /// digest and size it reports.
 #[test]
 fn staging_encrypts_into_the_upload() {
-    let Some(stack) = Stack::load_or_skip() else {
-        return;
-    };
-    let target = alice(&stack);
-    let ssh = SshSession::connect(&target).unwrap();
-    let dir = RemoteDir::new(&ssh);
-    let dest = hpcs_client::prepare::SshDestination::new(target);
-    let plain = hpcs_test_support::incompressible(9 * 1024 * 1024 + 17, 3);
-    let mut seen = 0u64;
-    let staged = hpcs_client::prepare::stage(
-        &dest,
-        &staging_plan(&dir, "staged"),
-        plain.as_slice(),
-        "test input",
-        &mut |n| seen = n,
-    )
-    .unwrap();
-    let name = staged
-        .path()
-        .as_str()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    assert!(
-        name.starts_with(".staged.age.") && name.ends_with(".staged"),
-        "{name}"
-    );
-    assert_eq!(seen, staged.summary().size);
-    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
-    assert_eq!(
-        listing.stdout_text(),
-        format!("{name}\n"),
-        "only the staged file"
-    );
-    let mut ct = Vec::new();
-    ssh.download(staged.path().as_str(), &mut ct).unwrap();
-    let mut back = Vec::new();
-    hpcs_core::crypto::decrypt(
-        &ct[..],
-        &mut back,
-        staged.identity(),
-        Some(staged.summary()),
-    )
-    .unwrap();
-    assert!(
-        back == plain,
-        "the staged ciphertext does not decrypt to the input"
-    );
-    hpcs_client::prepare::discard(&dest, staged);
-    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
-    assert_eq!(listing.stdout_text(), "", "discard left files");
+    with_staging(|ssh, dir, dest| {
+        let plain = hpcs_test_support::incompressible(9 * 1024 * 1024 + 17, 3);
+        let mut seen = 0u64;
+        let staged = hpcs_client::prepare::stage(
+            dest,
+            &staging_plan(dir, "staged"),
+            plain.as_slice(),
+            "test input",
+            &mut |n| seen = n,
+        )
+        .unwrap();
+        let name = staged
+            .path()
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(
+            name.starts_with(".staged.age.") && name.ends_with(".staged"),
+            "{name}"
+        );
+        assert_eq!(seen, staged.summary().size);
+        let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+        assert_eq!(
+            listing.stdout_text(),
+            format!("{name}\n"),
+            "only the staged file"
+        );
+        let mut ct = Vec::new();
+        ssh.download(staged.path().as_str(), &mut ct).unwrap();
+        let mut back = Vec::new();
+        hpcs_core::crypto::decrypt(
+            &ct[..],
+            &mut back,
+            staged.identity(),
+            Some(staged.summary()),
+        )
+        .unwrap();
+        assert!(
+            back == plain,
+            "the staged ciphertext does not decrypt to the input"
+        );
+        hpcs_client::prepare::discard(dest, staged);
+        let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+        assert_eq!(listing.stdout_text(), "", "discard left files");
+    });
 }
 
 /// A source that fails part-way fails the staging with an error naming the input, and leaves
@@ -470,32 +477,27 @@ fn a_failing_source_stages_nothing() {
             Ok(n)
         }
     }
-    let Some(stack) = Stack::load_or_skip() else {
-        return;
-    };
-    let target = alice(&stack);
-    let ssh = SshSession::connect(&target).unwrap();
-    let dir = RemoteDir::new(&ssh);
-    let dest = hpcs_client::prepare::SshDestination::new(target);
-    let err = hpcs_client::prepare::stage(
-        &dest,
-        &staging_plan(&dir, "broken"),
-        Failing(10 * 1024 * 1024),
-        "the test input",
-        &mut |_| {},
-    )
-    .unwrap_err();
-    let text = format!("{err}");
-    assert!(text.contains("the test input"), "{text}");
-    assert!(
-        matches!(err, hpcs_client::prepare::PrepareError::Encrypt { .. }),
-        "{err:?}"
-    );
-    let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
-    assert_eq!(
-        listing.stdout_text(),
-        "",
-        "left remote: {}",
-        listing.stdout_text()
-    );
+    with_staging(|ssh, dir, dest| {
+        let err = hpcs_client::prepare::stage(
+            dest,
+            &staging_plan(dir, "broken"),
+            Failing(10 * 1024 * 1024),
+            "the test input",
+            &mut |_| {},
+        )
+        .unwrap_err();
+        let text = format!("{err}");
+        assert!(text.contains("the test input"), "{text}");
+        assert!(
+            matches!(err, hpcs_client::prepare::PrepareError::Encrypt { .. }),
+            "{err:?}"
+        );
+        let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+        assert_eq!(
+            listing.stdout_text(),
+            "",
+            "left remote: {}",
+            listing.stdout_text()
+        );
+    });
 }
