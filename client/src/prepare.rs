@@ -497,6 +497,7 @@ impl Destination for SshDestination {
                 program: "sha256sum",
             });
         }
+        remove_stale_uploads(&session, dir);
         Ok(())
     }
 
@@ -563,6 +564,38 @@ impl Destination for SshDestination {
         }
     }
 }
+
+/// Hidden files of earlier runs that a dead connection kept from being removed: staged
+/// ciphertexts (`.<name>.age.<pid>.<clock>.staged`) and the uploader's temporary files
+/// (`.<file>.<pid>.partial`), untouched for [`STALE_UPLOAD_MINUTES`]. Nothing registered refers
+/// to them: a staged file is renamed into place before the run that made it ends. Best effort.
+fn remove_stale_uploads(session: &SshSession, dir: &RemotePath) {
+    let age = format!("+{STALE_UPLOAD_MINUTES}");
+    // Exactly the two shapes this code makes, not any hidden file that looks similar.
+    let argv = [
+        "find",
+        dir.as_str(),
+        "-maxdepth",
+        "1",
+        "-type",
+        "f",
+        "-regextype",
+        "posix-extended",
+        "-regex",
+        r".*/\.[^/]+\.age\.[0-9]+\.[0-9a-f]+\.staged|.*/\.[^/]+\.[0-9]+\.partial",
+        "-mmin",
+        &age,
+        "-delete",
+    ];
+    if let Err(e) = session.exec_ok(&argv) {
+        tracing::warn!(error = %e, dir = %dir, "could not remove stale upload files");
+    }
+}
+
+/// How long a hidden upload file must be untouched before a later run removes it: longer than
+/// any run keeps one (an upload in progress keeps touching its file; a staged file is renamed
+/// within minutes of its upload).
+pub const STALE_UPLOAD_MINUTES: u32 = 6 * 60;
 
 /// The client side of the HPCS services: identity, server API and Vault.
 #[derive(Debug, Clone)]

@@ -501,3 +501,46 @@ fn a_failing_source_stages_nothing() {
         );
     });
 }
+
+/// Checking the destination removes the hidden files that earlier, interrupted runs left
+/// (staged ciphertexts and uploader temporaries untouched for hours), and nothing else.
+#[test]
+fn checking_the_destination_removes_stale_upload_files_only() {
+    use hpcs_client::prepare::Destination as _;
+    with_staging(|ssh, dir, dest| {
+        let old = [
+            ".app.age.4242.18eab77f10b14eda.staged",
+            ".blob.bin.99.partial",
+        ];
+        let kept_old = [
+            ".bashrc.partial",
+            "app.age",
+            ".app.age.staged",
+            ".notes.age.1.zz.staged",
+        ];
+        let fresh = [
+            ".app.age.4243.18eab77f10b14edb.staged",
+            ".app.age.77.partial",
+        ];
+        for name in old.iter().chain(&kept_old).chain(&fresh) {
+            let path = format!("{}/{name}", dir.path);
+            ssh.exec_ok(&["touch", "--", &path]).unwrap();
+        }
+        for name in old.iter().chain(&kept_old) {
+            let path = format!("{}/{name}", dir.path);
+            ssh.exec_ok(&["touch", "-d", "7 hours ago", "--", &path])
+                .unwrap();
+        }
+        dest.check(&dir.path.parse().unwrap()).unwrap();
+        let listing = ssh.exec_ok(&["ls", "-A", "--", &dir.path]).unwrap();
+        let mut left: Vec<_> = listing.stdout_text().lines().map(str::to_owned).collect();
+        left.sort();
+        let mut want: Vec<_> = kept_old
+            .iter()
+            .chain(&fresh)
+            .map(|s| (*s).to_owned())
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+    });
+}
