@@ -13,7 +13,10 @@
 //! - upload: [`SshSession::upload`] from a `File` (what container-prep and data-prep ship) vs
 //!   `scp` of the same file;
 //! - download: [`SshSession::download`] into a `File`, and [`SshSession::open_read`] read in
-//!   64 KiB pieces (what job-prep's fetch-output streams into the decryptor) vs `scp` back.
+//!   64 KiB pieces (what job-prep's fetch-output streams into the decryptor) vs `scp` back;
+//! - shipping an artefact (encrypt, upload, check size and SHA-256 remotely): encrypting into a
+//!   local spool file and then uploading it (what container-prep did before) vs
+//!   [`prepare::stage`], which encrypts straight into the upload (what it does now).
 //!
 //! Each measurement is wall time including the connection and authentication (one new session
 //! per transfer, as the tools do; `scp` is a new process each time). Every transfer is checked:
@@ -29,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use hpcs_client::prepare::{self, Destination as _, Plan, SshDestination};
 use hpcs_client::ssh::{SshSession, SshTarget};
 use hpcs_test_support::Stack;
 
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         .to_owned();
 
     let mut rows = Vec::new();
+    let mut ship_rows = Vec::new();
     let mut summary = Vec::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for &size in &sizes {
@@ -136,9 +141,54 @@ fn main() -> ExitCode {
                     .push(time(|| scp(&stack, &target, &back, &remote_scp, false)));
                 assert_same(&src, &back);
                 std::fs::remove_file(&back).unwrap();
+
+                let plan = Plan {
+                    name: format!("bench-{size}").parse().unwrap(),
+                    kind: hpcs_core::info::ArtefactKind::Data,
+                    readers: hpcs_core::api::Readers::default(),
+                    compute_nodes: std::collections::BTreeSet::new(),
+                    remote_dir: remote_dir.parse().unwrap(),
+                };
+                let dest = SshDestination::new(target.clone());
+                let spool = local.path().join("spool.age");
+                t.ship_spool.push(time(|| {
+                    let identity = hpcs_core::secret::AgeIdentity::generate();
+                    let summary = hpcs_core::crypto::encrypt(
+                        File::open(&src).unwrap(),
+                        File::create(&spool).unwrap(),
+                        &[identity.to_public()],
+                    )
+                    .unwrap();
+                    let staged = plan.staged_remote().unwrap();
+                    dest.upload(&mut File::open(&spool).unwrap(), &staged, &mut |_| {})
+                        .unwrap();
+                    dest.verify(&staged, &summary).unwrap();
+                    dest.discard(&[&staged]);
+                    std::fs::remove_file(&spool).unwrap();
+                }));
+                t.ship_piped.push(time(|| {
+                    let staged = prepare::stage(
+                        &dest,
+                        &plan,
+                        File::open(&src).unwrap(),
+                        "bench input",
+                        &mut |_| {},
+                    )
+                    .unwrap();
+                    prepare::discard(&dest, staged);
+                }));
             }
             std::fs::remove_file(&src).unwrap();
             let label = human(size);
+            let (spool_s, piped_s) = (median(&mut t.ship_spool), median(&mut t.ship_piped));
+            ship_rows.push(format!(
+                "| {label} | {spool_s:.2} | {piped_s:.2} | {:.2}x |",
+                spool_s / piped_s
+            ));
+            summary.push(format!(
+                "| ship {label} (encrypt + upload + remote check): piped vs spool file | {piped_s:.2} s | spool {spool_s:.2} s | {:.2}x faster | - | - |",
+                spool_s / piped_s
+            ));
             let up_scp = median(&mut t.up_scp);
             let down_scp = median(&mut t.down_scp);
             for (dir, what, ours, scp_s) in [
@@ -200,6 +250,14 @@ fn main() -> ExitCode {
     for r in &rows {
         println!("{r}");
     }
+    println!(
+        "\nShipping an artefact (encrypt, upload, sha256sum on the remote side), median wall time:\n"
+    );
+    println!("| size | spool file, then upload (s) | encrypted into the upload (s) | speed-up |");
+    println!("|---|---:|---:|---:|");
+    for r in &ship_rows {
+        println!("{r}");
+    }
     hpcs_test_support::append_bench_summary(&summary);
     ExitCode::SUCCESS
 }
@@ -211,6 +269,8 @@ struct Times {
     down_ours: Vec<f64>,
     down_stream: Vec<f64>,
     down_scp: Vec<f64>,
+    ship_spool: Vec<f64>,
+    ship_piped: Vec<f64>,
 }
 
 fn met(ratio: f64) -> &'static str {
