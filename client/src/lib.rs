@@ -13,3 +13,15 @@ pub mod prepare;
 pub mod server_api;
 pub mod ssh;
 pub mod vault;
+
+/// An error and its sources, joined with ": ", for log fields and messages.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -28,6 +28,7 @@ use hpcs_core::secret::AgeIdentity;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::error_chain;
 use crate::identity::{IdentityError, IdentitySource};
 use crate::server_api::{ServerApi, ServerApiError};
 use crate::ssh::{SshError, SshSession, SshTarget};
@@ -468,16 +469,45 @@ pub trait Destination: Send + Sync {
 }
 
 /// Shipping over SSH/SFTP (strict host keys, atomic uploads, remote sha256 check).
-#[derive(Debug, Clone)]
+///
+/// One run checks, uploads, verifies, publishes (or discards) in turn; they share one SSH
+/// connection, made on first use and dropped after any error (which may have been the
+/// connection's), so the next step connects afresh. Large uploads add their own extra
+/// connections (`[ssh] streams`).
+#[derive(Debug)]
 pub struct SshDestination {
     target: SshTarget,
+    session: std::sync::Mutex<Option<SshSession>>,
 }
 
 impl SshDestination {
     /// A destination on `target`.
     #[must_use]
     pub fn new(target: SshTarget) -> Self {
-        Self { target }
+        Self {
+            target,
+            session: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs `step` on the shared connection (connecting if there is none); an error drops it.
+    fn with_session<T>(
+        &self,
+        step: impl FnOnce(&SshSession) -> Result<T, ShipError>,
+    ) -> Result<T, ShipError> {
+        let mut cached = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let session = match cached.take() {
+            Some(session) => session,
+            None => SshSession::connect(&self.target)?,
+        };
+        let result = step(&session);
+        if result.is_ok() {
+            *cached = Some(session);
+        }
+        result
     }
 }
 
@@ -490,15 +520,16 @@ impl Destination for SshDestination {
     }
 
     fn check(&self, dir: &RemotePath) -> Result<(), ShipError> {
-        let session = SshSession::connect(&self.target)?;
-        session.mkdir_p(dir.as_str(), REMOTE_DIR_MODE)?;
-        if !session.has_command("sha256sum")? {
-            return Err(ShipError::MissingTool {
-                program: "sha256sum",
-            });
-        }
-        remove_stale_uploads(&session, dir);
-        Ok(())
+        self.with_session(|session| {
+            session.mkdir_p(dir.as_str(), REMOTE_DIR_MODE)?;
+            if !session.has_command("sha256sum")? {
+                return Err(ShipError::MissingTool {
+                    program: "sha256sum",
+                });
+            }
+            remove_stale_uploads(session, dir);
+            Ok(())
+        })
     }
 
     fn upload(
@@ -507,25 +538,27 @@ impl Destination for SshDestination {
         staged: &RemotePath,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), ShipError> {
-        let session = SshSession::connect(&self.target)?;
-        session.upload(ciphertext, staged.as_str(), REMOTE_FILE_MODE, progress)?;
-        Ok(())
+        self.with_session(|session| {
+            session.upload(ciphertext, staged.as_str(), REMOTE_FILE_MODE, progress)?;
+            Ok(())
+        })
     }
 
     fn verify(&self, staged: &RemotePath, expected: &CipherSummary) -> Result<(), ShipError> {
-        let session = SshSession::connect(&self.target)?;
-        let size = session.file_size(staged.as_str())?;
-        let sha = session.sha256(staged.as_str())?;
-        if size != expected.size || sha != expected.sha256 {
-            return Err(ShipError::Mismatch {
-                path: staged.to_string(),
-                actual_size: size,
-                actual_sha256: sha.to_string(),
-                expected_size: expected.size,
-                expected_sha256: expected.sha256.to_string(),
-            });
-        }
-        Ok(())
+        self.with_session(|session| {
+            let size = session.file_size(staged.as_str())?;
+            let sha = session.sha256(staged.as_str())?;
+            if size != expected.size || sha != expected.sha256 {
+                return Err(ShipError::Mismatch {
+                    path: staged.to_string(),
+                    actual_size: size,
+                    actual_sha256: sha.to_string(),
+                    expected_size: expected.size,
+                    expected_sha256: expected.sha256.to_string(),
+                });
+            }
+            Ok(())
+        })
     }
 
     fn publish(
@@ -535,32 +568,34 @@ impl Destination for SshDestination {
         info_yaml: &[u8],
         info_path: &RemotePath,
     ) -> Result<(), ShipError> {
-        let session = SshSession::connect(&self.target)?;
-        // rename(2) through `mv -T`: atomic, and replaces an older artefact of the name.
-        let argv = ["mv", "-f", "-T", "--", staged.as_str(), ciphertext.as_str()];
-        if let Err(e) = session.exec_ok(&argv) {
-            let _ = session.exec(&["rm", "-f", "--", staged.as_str()]);
-            return Err(e.into());
-        }
-        let info = session.upload(info_yaml, info_path.as_str(), REMOTE_FILE_MODE, |_| {});
-        if let Err(e) = info {
-            // Leave nothing behind that names a secret about to be revoked (an older info
-            // file would describe another ciphertext).
-            let _ = session.exec(&["rm", "-f", "--", ciphertext.as_str(), info_path.as_str()]);
-            return Err(e.into());
-        }
-        Ok(())
+        self.with_session(|session| {
+            // rename(2) through `mv -T`: atomic, and replaces an older artefact of the name.
+            let argv = ["mv", "-f", "-T", "--", staged.as_str(), ciphertext.as_str()];
+            if let Err(e) = session.exec_ok(&argv) {
+                let _ = session.exec(&["rm", "-f", "--", staged.as_str()]);
+                return Err(e.into());
+            }
+            let info = session.upload(info_yaml, info_path.as_str(), REMOTE_FILE_MODE, |_| {});
+            if let Err(e) = info {
+                // Leave nothing behind that names a secret about to be revoked (an older info
+                // file would describe another ciphertext).
+                let _ = session.exec(&["rm", "-f", "--", ciphertext.as_str(), info_path.as_str()]);
+                return Err(e.into());
+            }
+            Ok(())
+        })
     }
 
     fn discard(&self, paths: &[&RemotePath]) {
-        let removed = SshSession::connect(&self.target).and_then(|session| {
+        let removed = self.with_session(|session| {
             let mut argv = vec!["rm", "-f", "--"];
             argv.extend(paths.iter().map(|p| p.as_str()));
-            session.exec_ok(&argv)
+            session.exec_ok(&argv)?;
+            Ok(())
         });
         if let Err(e) = removed {
             let paths: Vec<_> = paths.iter().map(ToString::to_string).collect();
-            tracing::warn!(error = %e, ?paths, "could not remove staged files");
+            tracing::warn!(error = %error_chain(&e), ?paths, "could not remove staged files");
         }
     }
 }
@@ -588,7 +623,7 @@ fn remove_stale_uploads(session: &SshSession, dir: &RemotePath) {
         "-delete",
     ];
     if let Err(e) = session.exec_ok(&argv) {
-        tracing::warn!(error = %e, dir = %dir, "could not remove stale upload files");
+        tracing::warn!(error = %error_chain(&e), dir = %dir, "could not remove stale upload files");
     }
 }
 
@@ -764,8 +799,11 @@ impl Pipeline {
         staged: Staged,
     ) -> Result<Outcome, PrepareError> {
         let result = self.register_key_and_publish(plan, created, &staged).await;
-        if result.is_err() {
-            // `publish` cleans up after itself; before it, the staged file is all there is.
+        // A failed publish cleaned up after itself; before it, the staged file is all there is.
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, PrepareError::Ship { .. }))
+        {
             self.discard(staged).await;
         }
         result
@@ -900,17 +938,6 @@ pub async fn whoami(identity: &IdentitySource) -> Result<SpiffeId, PrepareError>
         .await
         .map_err(|source| PrepareError::Identity { source })?
         .spiffe_id)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

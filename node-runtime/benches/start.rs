@@ -115,21 +115,14 @@ async fn bench(mib: usize, runs: usize) {
     for i in 0..runs {
         remove_image(&engine, &image_id).await;
         // hpcs-node run as alice, through the daemon.
-        let info = app_info.display().to_string();
-        let workdir = ns.workdir.display().to_string();
-        let args = [
-            "run",
-            "--application-info",
-            &info,
-            "--workdir",
-            &workdir,
-            "--output-recipient",
+        let args = e2e::run_args(
+            &app_info,
+            None,
+            &ns.workdir,
             &recipient,
-            "--",
-            "sh",
-            "-c",
-            APP,
-        ];
+            &[],
+            &["sh", "-c", APP],
+        );
         let mut cmd = e2e::node_cmd("alice", &ini, &args);
         cmd.env("SLURM_JOB_ID", format!("{}", 9000 + i));
         let (t0, t) = (now(), Instant::now());

@@ -64,20 +64,14 @@ async fn job(env: &common::Env) -> Job {
 
 impl Job {
     fn args(&self, extra: &[&str], app: &str) -> Vec<String> {
-        let mut a = vec![
-            "run".to_owned(),
-            "--application-info".into(),
-            self.app_info.display().to_string(),
-            "--data-info".into(),
-            self.data_info.display().to_string(),
-            "--workdir".into(),
-            self.ns.workdir.display().to_string(),
-            "--output-recipient".into(),
-            self.out_id.to_public().to_string(),
-        ];
-        a.extend(extra.iter().map(|s| (*s).to_owned()));
-        a.extend(["--".into(), "sh".into(), "-c".into(), app.into()]);
-        a
+        e2e::run_args(
+            &self.app_info,
+            Some(&self.data_info),
+            &self.ns.workdir,
+            &self.out_id.to_public().to_string(),
+            extra,
+            &["sh", "-c", app],
+        )
     }
 
     async fn assert_clean(&self) {
@@ -137,8 +131,7 @@ impl Job {
 }
 
 fn run_as(user: &str, node_ini: &Path, args: &[String]) -> e2e::Output {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    e2e::output(e2e::node_cmd(user, node_ini, &args))
+    e2e::output(e2e::node_cmd(user, node_ini, args))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +152,6 @@ async fn alice_runs_confined_and_gets_sealed_output() {
     .unwrap();
     let app = format!("echo \"job=$SLURM_JOB_ID greeting=$GREETING\"; {APP}");
     let args = j.args(&["--env-file", &env_file.display().to_string()], &app);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cmd = e2e::node_cmd("alice", &ini, &args);
     cmd.env("SLURM_JOB_ID", "4242").env("SLURM_NTASKS", "1");
     let out = e2e::output(cmd);
@@ -336,17 +328,7 @@ async fn unauthorised_image_is_refused_before_any_key_fetch() {
     let daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
     let ini = ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
     let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let args = [
-        "run",
-        "--application-info",
-        &app_info.display().to_string(),
-        "--workdir",
-        &ns.workdir.display().to_string(),
-        "--output-recipient",
-        &recipient,
-        "--",
-        "true",
-    ];
+    let args = e2e::run_args(&app_info, None, &ns.workdir, &recipient, &[], &["true"]);
     let out = e2e::output(e2e::node_cmd("alice", &ini, &args));
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
@@ -362,7 +344,7 @@ async fn unauthorised_image_is_refused_before_any_key_fetch() {
     );
     // A network request beyond the policy is refused the same way.
     let mut args2 = args.to_vec();
-    args2.splice(7..7, ["--network", "host"]);
+    args2.splice(7..7, ["--network".to_owned(), "host".to_owned()]);
     let out = e2e::output(e2e::node_cmd("alice", &ini, &args2));
     assert!(
         out.stderr.contains("denied by policy: network host"),
@@ -456,7 +438,6 @@ async fn interrupt_mid_run(
     signal: nix::sys::signal::Signal,
 ) -> (std::process::ExitStatus, String) {
     let args = j.args(&[], "echo APP-STARTED; sleep 120");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cmd = e2e::node_cmd("alice", ini, &args);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -663,19 +644,7 @@ async fn measure_large_image_path() {
     let daemon = e2e::Daemon::start(&ns, &ns.node_ini(&env, "node1", None, &policy));
     let ini = ns.node_ini(&env, "node1", Some(&daemon.socket), &policy);
     let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let info = app_info.display().to_string();
-    let workdir = ns.workdir.display().to_string();
-    let args = [
-        "run",
-        "--application-info",
-        &info,
-        "--workdir",
-        &workdir,
-        "--output-recipient",
-        &recipient,
-        "--",
-        "true",
-    ];
+    let args = e2e::run_args(&app_info, None, &ns.workdir, &recipient, &[], &["true"]);
     let mut cmd = e2e::node_cmd("alice", &ini, &args);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

@@ -41,7 +41,7 @@ pub(super) fn connect_more(target: &SshTarget, count: usize) -> Vec<SshSession> 
                 Ok(Err(e)) => {
                     tracing::warn!(
                         host = %target.host,
-                        error = %e,
+                        error = %crate::error_chain(&e),
                         "an extra SSH connection for a parallel transfer failed; using fewer"
                     );
                     None

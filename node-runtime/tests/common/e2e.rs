@@ -373,8 +373,38 @@ impl Drop for Daemon {
     }
 }
 
+/// The words of `hpcs-node run` for an image (and optionally a dataset) in `workdir`, sealing
+/// the output to `recipient`: `extra` options, then `--` and `app`.
+pub fn run_args(
+    app_info: &Path,
+    data_info: Option<&Path>,
+    workdir: &Path,
+    recipient: &str,
+    extra: &[&str],
+    app: &[&str],
+) -> Vec<String> {
+    let mut a = vec![
+        "run".to_owned(),
+        "--application-info".into(),
+        app_info.display().to_string(),
+    ];
+    if let Some(data) = data_info {
+        a.extend(["--data-info".into(), data.display().to_string()]);
+    }
+    a.extend([
+        "--workdir".into(),
+        workdir.display().to_string(),
+        "--output-recipient".into(),
+        recipient.to_owned(),
+    ]);
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a.push("--".into());
+    a.extend(app.iter().map(|s| (*s).to_owned()));
+    a
+}
+
 /// `hpcs-node run ...` as `user` (with the user's groups, through setpriv).
-pub fn node_cmd(user: &str, node_ini: &Path, args: &[&str]) -> Command {
+pub fn node_cmd(user: &str, node_ini: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
     let mut c = Command::new("setpriv");
     c.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_hpcs-node"))
