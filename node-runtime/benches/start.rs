@@ -78,16 +78,9 @@ async fn bench(mib: usize, runs: usize) {
 
     // The image: busybox plus an incompressible layer.
     let t = Instant::now();
-    let filler = hpcs_test_support::incompressible(mib << 20, mib as u64);
     let name = format!("hpcs-node-bench-{}", ns.id);
-    let (image_tar, image_id) = common::unique_image_archive(
-        &engine,
-        env.get("HPCS_TEST_IMAGE"),
-        &format!("{name}:1"),
-        &[("filler.bin", &filler)],
-    )
-    .await;
-    drop(filler);
+    let (image_tar, image_id) =
+        common::large_image_archive(&engine, &env, &name, mib, mib as u64).await;
     let plain = ns.dir.path().join("plain-image.tar");
     std::fs::write(&plain, &image_tar).unwrap();
     let secret = format!("img-{}", ns.id);

@@ -623,17 +623,8 @@ async fn measure_large_image_path() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    // Incompressible filler, so nothing along the way can shortcut it.
-    let filler = hpcs_test_support::incompressible(mib << 20, 0);
     let name = format!("hpcs-node-e2e-{}", ns.id);
-    let (image_tar, image_id) = common::unique_image_archive(
-        &engine,
-        env.get("HPCS_TEST_IMAGE"),
-        &format!("{name}:1"),
-        &[("filler.bin", &filler)],
-    )
-    .await;
-    drop(filler);
+    let (image_tar, image_id) = common::large_image_archive(&engine, &env, &name, mib, 0).await;
     let secret = format!("img-{}", ns.id);
     let (app_info, rec) =
         e2e::encrypt_artefact(&ns, "app", &name, Some(&image_id), &secret, &image_tar);

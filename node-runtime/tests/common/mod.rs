@@ -38,6 +38,26 @@ pub async fn engine(env: &Env) -> DockerEngine {
         .expect("connect to dockerd")
 }
 
+/// A large image `<name>:1`: the stack's test image plus a layer with `mib` MiB of incompressible
+/// bytes (stream `seed`), so nothing along the way can shortcut it. Returns the `docker save`
+/// archive and the image id.
+pub async fn large_image_archive(
+    engine: &DockerEngine,
+    env: &Env,
+    name: &str,
+    mib: usize,
+    seed: u64,
+) -> (Vec<u8>, String) {
+    let filler = hpcs_test_support::incompressible(mib << 20, seed);
+    unique_image_archive(
+        engine,
+        env.get("HPCS_TEST_IMAGE"),
+        &format!("{name}:1"),
+        &[("filler.bin", &filler)],
+    )
+    .await
+}
+
 /// A `docker save` archive of a new, unique image: the stack's test image plus one layer holding
 /// `files`, tagged `tag`. Returns the archive and the image id the engine will compute.
 pub async fn unique_image_archive(
